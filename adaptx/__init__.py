@@ -1,0 +1,20 @@
+"""adaptx: adaptive-learning-rate optimizers for JAX, as composable gradient transformations."""
+from adaptx.adam import AdamState, NadamState, scale_by_adam, scale_by_adamax, scale_by_nadam
+from adaptx.base import EmptyState, GradientTransformation, apply_updates, chain, identity
+from adaptx.hyperparams import HyperparamsState, hyperparams, set_hyperparams, with_hyperparams
+from adaptx.moments import bias_correction, ema, trace
+from adaptx.optimizers import adadelta, adagrad, adam, adamax, adamw, nadam, rmsprop, sgd
+from adaptx.scaling import accumulate_squares, scale_by_adadelta, scale_by_rms
+from adaptx.transforms import add_decayed_weights, clip_by_global_norm, scale_by_learning_rate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GradientTransformation", "EmptyState", "apply_updates", "chain", "identity",
+    "accumulate_squares", "scale_by_rms", "scale_by_adadelta",
+    "ema", "trace", "bias_correction",
+    "scale_by_adam", "scale_by_adamax", "scale_by_nadam", "AdamState", "NadamState",
+    "scale_by_learning_rate", "add_decayed_weights", "clip_by_global_norm",
+    "with_hyperparams", "hyperparams", "set_hyperparams", "HyperparamsState",
+    "sgd", "adagrad", "rmsprop", "adam", "adamw", "adadelta", "adamax", "nadam",
+]

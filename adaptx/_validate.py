@@ -1,0 +1,90 @@
+"""Clear errors for bad hyperparameters and mismatched pytrees."""
+import math
+from typing import Any, Optional
+
+import jax
+import numpy as np
+
+from adaptx._numerics import rate_value
+
+# Allowed range of each hyperparameter name: (low, high, low_closed, high_closed).
+RANGES = {
+    "learning_rate": (0.0, math.inf, True, False),
+    "b1": (0.0, 1.0, True, False),
+    "b2": (0.0, 1.0, True, False),
+    "decay": (0.0, 1.0, True, False),
+    "rho": (0.0, 1.0, True, False),
+    "momentum": (0.0, 1.0, True, False),
+    "eps": (0.0, math.inf, True, False),
+    "eps_root": (0.0, math.inf, True, False),
+    "weight_decay": (0.0, math.inf, True, False),
+    "initial_accumulator": (0.0, math.inf, True, False),
+    "max_norm": (0.0, math.inf, False, False),
+    "momentum_decay": (0.0, math.inf, True, False),
+}
+
+
+def describe_range(name: str) -> str:
+    low, high, low_closed, high_closed = RANGES[name]
+    return f"{'[' if low_closed else '('}{low:g}, {high:g}{']' if high_closed else ')'}"
+
+
+def concrete(value: Any) -> Optional[np.ndarray]:
+    """``value`` as a NumPy array, or None when it is traced (never rejected)."""
+    if callable(value):
+        return None
+    try:
+        return np.asarray(value)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def check_range(name: str, value: Any, range_name: Optional[str] = None) -> None:
+    """Raise ValueError if a concrete ``value`` lies outside ``RANGES[range_name or name]``."""
+    low, high, low_closed, high_closed = RANGES[range_name or name]
+    array = concrete(rate_value(value))
+    if array is None:
+        return
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    above = array >= low if low_closed else array > low
+    below = array <= high if high_closed else array < high
+    if not np.all(above & below):
+        raise ValueError(
+            f"{name} must lie in {describe_range(range_name or name)}, got {value!r}"
+        )
+
+
+def check_tree_match(updates: Any, reference: Any, what: str = "optimizer state") -> None:
+    """Raise ValueError naming the first path where ``updates`` and ``reference`` differ.
+
+    Structure and every leaf's shape must agree: a wrong-shaped gradient is an
+    error, never silently broadcast against the state.
+    """
+    got, got_def = jax.tree_util.tree_flatten_with_path(updates)
+    want, want_def = jax.tree_util.tree_flatten_with_path(reference)
+    for (got_path, got_leaf), (want_path, want_leaf) in zip(got, want):
+        if got_path != want_path:
+            raise ValueError(
+                f"updates have a leaf at {_where(got_path)} where the {what} has one at"
+                f" {_where(want_path)}: pass gradients with the same tree as the params"
+                " the optimizer was initialised with"
+            )
+        if np.shape(got_leaf) != np.shape(want_leaf):
+            raise ValueError(
+                f"updates at {_where(got_path)} have shape {np.shape(got_leaf)} but the"
+                f" {what} there has shape {np.shape(want_leaf)}"
+            )
+    if len(got) != len(want):
+        longer, path = ("updates", got[len(want)][0]) if len(got) > len(want) else (
+            what, want[len(got)][0])
+        raise ValueError(f"there is an extra leaf in the {longer} at {_where(path)}")
+    if got_def != want_def:
+        raise ValueError(
+            f"updates and the {what} have the same leaves but different containers:"
+            f" {got_def} vs {want_def}"
+        )
+
+
+def _where(path) -> str:
+    return jax.tree_util.keystr(path) or "the root"

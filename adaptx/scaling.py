@@ -1,0 +1,146 @@
+"""Adaptive per-coordinate scalings: Adagrad, RMSProp and Adadelta."""
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from adaptx import _numerics as nx
+from adaptx._validate import check_range, check_tree_match
+from adaptx.base import GradientTransformation
+
+
+class AccumulatorState(NamedTuple):
+    nu: Any
+
+
+class RmsState(NamedTuple):
+    nu: Any
+    mu: Any  # running mean of g for the centered variant; None otherwise
+
+
+class AdadeltaState(NamedTuple):
+    nu: Any  # E[g²]
+    delta: Any  # E[Δx²]
+
+
+def _rescale(g, second_moment, eps, eps_in_sqrt):
+    """g / (√v + ε), or g / √(v + ε) when ``eps_in_sqrt``."""
+    eps = jnp.asarray(eps, second_moment.dtype)
+    g = g.astype(second_moment.dtype)
+    if eps_in_sqrt:
+        return g * jax.lax.rsqrt(second_moment + eps)
+    return g / (jnp.sqrt(second_moment) + eps)
+
+
+def accumulate_squares(
+    eps: float = 1e-10,
+    initial_accumulator: float = 0.0,
+    eps_in_sqrt: bool = False,
+    *,
+    nu_dtype: Optional[Any] = None,
+) -> GradientTransformation:
+    """Adagrad's scaling (Duchi, Hazan & Singer, 2011, diagonal version).
+
+        G ← G + g²,    u = g / (√G + ε)      (or g / √(G + ε) with ``eps_in_sqrt``)
+
+    G starts at ``initial_accumulator`` (torch: 0, keras and optax: 0.1). Some
+    tutorials accumulate a *learning rate* ε/(δ + |g|) instead; this follows
+    the paper and accumulates squared gradients.
+    """
+    check_range("eps", eps)
+    check_range("initial_accumulator", initial_accumulator)
+
+    def init(params):
+        return AccumulatorState(nx.zeros_like_tree(params, nu_dtype, initial_accumulator))
+
+    def update(updates, state, params=None):
+        check_tree_match(updates, state.nu, "squared-gradient accumulator")
+
+        def step(acc, g):
+            g32 = g.astype(acc.dtype)
+            acc = acc + g32 * g32
+            return acc, _rescale(g32, acc, eps, eps_in_sqrt).astype(g.dtype)
+
+        nu, out = nx.unzip(jax.tree.map(step, state.nu, updates), updates)
+        return out, AccumulatorState(nu)
+
+    return GradientTransformation(init, update)
+
+
+def scale_by_rms(
+    decay: float = 0.9,
+    eps: float = 1e-8,
+    eps_in_sqrt: bool = False,
+    centered: bool = False,
+    initial_accumulator: float = 0.0,
+    *,
+    nu_dtype: Optional[Any] = None,
+    mu_dtype: Optional[Any] = None,
+) -> GradientTransformation:
+    """RMSProp's scaling (Hinton, Neural Networks for ML, lecture 6e, 2012).
+
+        v ← ρ·v + (1 − ρ)·g²,    u = g / (√v + ε)       (or g / √(v + ε))
+
+    with ρ = ``decay``. ``centered`` (Graves, 2013) also tracks m ← ρ·m + (1 − ρ)·g
+    and divides by √(v − m²) + ε instead, a running variance.
+    """
+    check_range("decay", decay)
+    check_range("eps", eps)
+    check_range("initial_accumulator", initial_accumulator)
+
+    def init(params):
+        nu = nx.zeros_like_tree(params, nu_dtype, initial_accumulator)
+        return RmsState(nu, nx.zeros_like_tree(params, mu_dtype) if centered else None)
+
+    def update(updates, state, params=None):
+        check_tree_match(updates, state.nu, "squared-gradient average")
+
+        def step(nu, g, mu=None):
+            g_nu = g.astype(nu.dtype)
+            nu = nx.ema(nu, g_nu * g_nu, decay)
+            if mu is None:
+                return nu, None, _rescale(g, nu, eps, eps_in_sqrt).astype(g.dtype)
+            mu = nx.ema(mu, g, decay)
+            variance = nu - jnp.square(mu.astype(nu.dtype))
+            return nu, mu, _rescale(g, variance, eps, eps_in_sqrt).astype(g.dtype)
+
+        means = (state.mu,) if centered else ()
+        results = jax.tree.map(step, state.nu, updates, *means)
+        nu, mu, out = nx.unzip(results, updates, 3)
+        return out, RmsState(nu, mu if centered else None)
+
+    return GradientTransformation(init, update)
+
+
+def scale_by_adadelta(
+    rho: float = 0.9, eps: float = 1e-6, *, nu_dtype: Optional[Any] = None
+) -> GradientTransformation:
+    """Adadelta's unit-correcting scaling (Zeiler, 2012, Algorithm 1).
+
+        E[g²] ← ρ·E[g²] + (1 − ρ)·g²
+        Δ = −(√(E[Δ²] + ε) / √(E[g²] + ε))·g,   returned as u = −Δ
+        E[Δ²] ← ρ·E[Δ²] + (1 − ρ)·Δ²
+
+    The paper has no learning rate; :func:`adaptx.adadelta` multiplies u by one
+    (default 1.0), as torch and optax do, after Δ enters E[Δ²].
+    """
+    check_range("rho", rho)
+    check_range("eps", eps)
+
+    def init(params):
+        return AdadeltaState(nx.zeros_like_tree(params, nu_dtype), nx.zeros_like_tree(params, nu_dtype))
+
+    def update(updates, state, params=None):
+        check_tree_match(updates, state.nu, "squared-gradient average")
+
+        def step(nu, delta_acc, g):
+            nu = nx.ema(nu, jnp.square(g.astype(nu.dtype)), rho)
+            eps_ = jnp.asarray(eps, nu.dtype)
+            delta = jnp.sqrt(delta_acc + eps_) / jnp.sqrt(nu + eps_) * g.astype(nu.dtype)
+            delta_acc = nx.ema(delta_acc, delta * delta, rho)
+            return nu, delta_acc, delta.astype(g.dtype)
+
+        nu, delta, out = nx.unzip(jax.tree.map(step, state.nu, state.delta, updates), updates, 3)
+        return out, AdadeltaState(nu, delta)
+
+    return GradientTransformation(init, update)
