@@ -90,3 +90,13 @@ def unzip(tuples, like, n: int = 2):
     treedef = jax.tree.structure(like)
     leaves = treedef.flatten_up_to(tuples)
     return tuple(treedef.unflatten([t[i] for t in leaves]) for i in range(n))
+
+
+def safe_sqrt(x):
+    """√x whose derivative at 0 is 0, not ∞.
+
+    An accumulator is 0 only while every gradient so far was 0, where its own
+    derivative is 0 too; the naive ∞·0 would turn a hypergradient into NaN.
+    """
+    positive = x > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1)), 0).astype(x.dtype)

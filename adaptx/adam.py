@@ -72,7 +72,7 @@ def scale_by_adam(
             nu_hat = nx.debias(nu if nu_max is None else nu_max, b2, count)
             eps_, eps_root_ = nx.as_dtype_of(nu_hat, eps, eps_root)
             mu_hat = nx.debias(mu, b1, count).astype(nu_hat.dtype)
-            u = mu_hat / (jnp.sqrt(nu_hat + eps_root_) + eps_)
+            u = mu_hat / (nx.safe_sqrt(nu_hat + eps_root_) + eps_)
             return mu, nu, nu_max, u.astype(g.dtype)
 
         maxima = (state.nu_max,) if amsgrad else ()
@@ -165,7 +165,7 @@ def scale_by_nadam(
             dt = nu.dtype
             m_bar = (mu_next.astype(dt) * mu.astype(dt) / (1 - (mu_product * mu_next).astype(dt))
                      + (1 - mu_t.astype(dt)) * g_nu / (1 - mu_product.astype(dt)))
-            u = m_bar / (jnp.sqrt(nx.debias(nu, b2, count)) + jnp.asarray(eps, dt))
+            u = m_bar / (nx.safe_sqrt(nx.debias(nu, b2, count)) + jnp.asarray(eps, dt))
             return mu, nu, u.astype(g.dtype)
 
         mu, nu, out = nx.unzip(jax.tree.map(step, state.mu, state.nu, updates), updates, 3)

@@ -29,7 +29,7 @@ def _rescale(g, second_moment, eps, eps_in_sqrt):
     g = g.astype(second_moment.dtype)
     if eps_in_sqrt:
         return g * jax.lax.rsqrt(second_moment + eps)
-    return g / (jnp.sqrt(second_moment) + eps)
+    return g / (nx.safe_sqrt(second_moment) + eps)
 
 
 def accumulate_squares(
@@ -136,7 +136,7 @@ def scale_by_adadelta(
         def step(nu, delta_acc, g):
             nu = nx.ema(nu, jnp.square(g.astype(nu.dtype)), rho)
             eps_ = jnp.asarray(eps, nu.dtype)
-            delta = jnp.sqrt(delta_acc + eps_) / jnp.sqrt(nu + eps_) * g.astype(nu.dtype)
+            delta = nx.safe_sqrt(delta_acc + eps_) / nx.safe_sqrt(nu + eps_) * g.astype(nu.dtype)
             delta_acc = nx.ema(delta_acc, delta * delta, rho)
             return nu, delta_acc, delta.astype(g.dtype)
 
