@@ -1,0 +1,161 @@
+"""Every optimizer, option and block against the float64 NumPy references, over 100 steps.
+
+Inputs: a pytree with a matrix, a scalar, empty leaves and nested
+dict/list/tuple containers; float32 gradients spanning six decades with
+sparse zeros; hyperparameters drawn at random in their valid ranges, rounded
+to float32 so both sides start from identical numbers (what is measured is
+adaptx's float32 arithmetic, not the rounding of its inputs).
+
+Pass mark: at every step, for every leaf, max|adaptx − reference| /
+max|reference| ≤ 1e-6 (see ``harness.relative_error``). The reference steps
+on the same params adaptx saw, so a per-step error cannot hide in (or be
+blamed on) the params' own float32 rounding.
+
+Each optimizer runs twice on one compilation: with hyperparameters given at
+construction, then with a second draw set through ``set_hyperparams``.
+"""
+import zlib
+from typing import Callable, NamedTuple
+
+import jax
+import numpy as np
+import pytest
+
+import adaptx
+import reference as ref
+from harness import gradient_sequence, log_uniform, random_params, trajectory, uniform, worst_error
+
+STEPS = 100
+TOLERANCE = 1e-6
+
+# Valid ranges narrowed to where each hyperparameter is used in practice. The
+# floor of 0.8 on RMSProp's decay keeps the centered variance v − m² away from
+# cancellation on the first step (v − m² = ρ(1 − ρ)g² there), where float32 loses
+# a factor (2 − ρ)/ρ of precision whatever the implementation.
+SAMPLERS = {
+    "learning_rate": lambda rng: log_uniform(rng, 1e-4, 1e-1),
+    "momentum": lambda rng: uniform(rng, 0.5, 0.99),
+    "decay": lambda rng: uniform(rng, 0.8, 0.999),
+    "rho": lambda rng: uniform(rng, 0.8, 0.99),
+    "b1": lambda rng: uniform(rng, 0.5, 0.99),
+    "b2": lambda rng: uniform(rng, 0.9, 0.9999),
+    "eps": lambda rng: log_uniform(rng, 1e-10, 1e-3),
+    "eps_root": lambda rng: log_uniform(rng, 1e-12, 1e-6),
+    "weight_decay": lambda rng: log_uniform(rng, 1e-4, 1e-1),
+    "momentum_decay": lambda rng: log_uniform(rng, 1e-3, 1e-1),
+    "initial_accumulator": lambda rng: uniform(rng, 0.0, 1.0),
+    # Straddles the gradients' global norms (about 1e2 to 1e3), so some steps clip and some do not.
+    "max_norm": lambda rng: log_uniform(rng, 150.0, 400.0),
+}
+
+
+def decaying(peak):
+    """η_t = peak / (1 + t/8): exact in float32 up to the final division, and valid on ints and arrays."""
+    return lambda count: peak / (1 + count / 8)
+
+
+SCHEDULED = {"learning_rate": lambda rng: decaying(log_uniform(rng, 1e-3, 1e-1))}
+
+
+class Case(NamedTuple):
+    id: str
+    make: Callable  # adaptx factory, called with the drawn values and the options
+    reference: Callable  # reference class, called with the param leaves, values and options
+    drawn: tuple  # hyperparameter names drawn at random
+    options: dict = {}
+    samplers: dict = {}
+    direction: bool = False  # compare with the reference's direction (a block), not its step
+
+    def draw(self, rng):
+        return {name: {**SAMPLERS, **self.samplers}[name](rng) for name in self.drawn}
+
+
+ADAM = ("learning_rate", "b1", "b2", "eps")
+RMS = ("learning_rate", "decay", "eps")
+
+OPTIMIZERS = [
+    Case("sgd", adaptx.sgd, ref.SGD, ("learning_rate",)),
+    Case("sgd-momentum", adaptx.sgd, ref.SGD, ("learning_rate", "momentum")),
+    Case("sgd-nesterov", adaptx.sgd, ref.SGD, ("learning_rate", "momentum"), {"nesterov": True}),
+    Case("adagrad", adaptx.adagrad, ref.Adagrad, ("learning_rate", "eps", "initial_accumulator")),
+    Case("rmsprop", adaptx.rmsprop, ref.RMSProp, RMS),
+    Case("rmsprop-eps_in_sqrt", adaptx.rmsprop, ref.RMSProp, RMS, {"eps_in_sqrt": True}),
+    Case("rmsprop-centered", adaptx.rmsprop, ref.RMSProp, RMS, {"centered": True}),
+    Case("rmsprop-momentum", adaptx.rmsprop, ref.RMSProp, RMS + ("momentum",)),
+    Case("rmsprop-nesterov", adaptx.rmsprop, ref.RMSProp, RMS + ("momentum",), {"nesterov": True}),
+    Case("rmsprop-centered-nesterov-eps_in_sqrt", adaptx.rmsprop, ref.RMSProp, RMS + ("momentum",),
+         {"centered": True, "nesterov": True, "eps_in_sqrt": True}),
+    Case("adam", adaptx.adam, ref.Adam, ADAM),
+    Case("adam-amsgrad", adaptx.adam, ref.Adam, ADAM, {"amsgrad": True}),
+    Case("adam-schedule", adaptx.adam, ref.Adam, ADAM, samplers=SCHEDULED),
+    Case("adamw", adaptx.adamw, ref.Adam, ADAM + ("weight_decay",)),
+    Case("adamw-amsgrad", adaptx.adamw, ref.Adam, ADAM + ("weight_decay",), {"amsgrad": True}),
+    Case("adadelta", adaptx.adadelta, ref.Adadelta, ("learning_rate", "rho", "eps")),
+    Case("adamax", adaptx.adamax, ref.Adamax, ADAM),
+    Case("nadam", adaptx.nadam, ref.NAdam, ADAM + ("momentum_decay",)),
+    Case("nadam-optax", adaptx.nadam, ref.NAdam, ADAM, {"momentum_decay": None}),
+]
+
+BLOCKS = [
+    Case(*spec, direction=True) for spec in [
+        ("accumulate_squares", adaptx.accumulate_squares, ref.Adagrad, ("eps", "initial_accumulator")),
+        ("accumulate_squares-eps_in_sqrt", adaptx.accumulate_squares, ref.Adagrad,
+         ("eps", "initial_accumulator"), {"eps_in_sqrt": True}),
+        ("scale_by_rms", adaptx.scale_by_rms, ref.RMSProp, ("decay", "eps", "initial_accumulator")),
+        ("scale_by_rms-centered-eps_in_sqrt", adaptx.scale_by_rms, ref.RMSProp, ("decay", "eps"),
+         {"centered": True, "eps_in_sqrt": True}),
+        ("ema", adaptx.ema, ref.EMA, ("decay",)),
+        ("trace", adaptx.trace, ref.Momentum, ("decay",)),
+        ("trace-nesterov", adaptx.trace, ref.Momentum, ("decay",), {"nesterov": True}),
+        ("bias_correction", adaptx.bias_correction, ref.BiasCorrection, ("decay",)),
+        ("scale_by_adam", adaptx.scale_by_adam, ref.Adam, ("b1", "b2", "eps", "eps_root")),
+        ("scale_by_adam-amsgrad", adaptx.scale_by_adam, ref.Adam, ("b1", "b2", "eps"), {"amsgrad": True}),
+        ("scale_by_adamax", adaptx.scale_by_adamax, ref.Adamax, ("b1", "b2", "eps")),
+        ("scale_by_nadam", adaptx.scale_by_nadam, ref.NAdam, ("b1", "b2", "eps", "momentum_decay")),
+        ("scale_by_adadelta", adaptx.scale_by_adadelta, ref.Adadelta, ("rho", "eps")),
+        ("clip_by_global_norm", adaptx.clip_by_global_norm, ref.ClipByGlobalNorm, ("max_norm",)),
+        ("add_decayed_weights", adaptx.add_decayed_weights, ref.DecayedWeights, ("weight_decay",)),
+    ]
+] + [
+    Case("scale_by_learning_rate", adaptx.scale_by_learning_rate, ref.Scale, ("learning_rate",)),
+    Case("scale_by_learning_rate-schedule", adaptx.scale_by_learning_rate, ref.Scale, ("learning_rate",),
+         samplers=SCHEDULED),
+]
+
+
+def problem(case):
+    """Params, gradients and a random generator of their own for each case (seeded by its id)."""
+    rng = np.random.default_rng(zlib.crc32(case.id.encode()))
+    params = random_params(rng)
+    return rng, params, gradient_sequence(params, STEPS, rng)
+
+
+def assert_matches_reference(case, run, state, params, grads, values):
+    updates, seen = run(state, params, grads, STEPS)
+    model = case.reference(jax.tree.leaves(params), **values, **case.options)
+    error, step, leaf = worst_error(updates, seen, grads, model.direction if case.direction else model.step)
+    assert error <= TOLERANCE, (
+        f"{case.id} with {values}: relative error {error:.3g} at step {step}, leaf {leaf}"
+    )
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=lambda case: case.id)
+def test_optimizer_matches_reference(case):
+    rng, params, grads = problem(case)
+    values = case.draw(rng)
+    tx = case.make(**values, **case.options)
+    run = trajectory(tx)
+    assert_matches_reference(case, run, tx.init(params), params, grads, values)
+
+    state = tx.init(params)
+    settable = {k: v for k, v in case.draw(rng).items() if k in adaptx.hyperparams(state) and not callable(v)}
+    state = adaptx.set_hyperparams(state, **settable)
+    assert_matches_reference(case, run, state, params, grads, {**values, **settable})
+
+
+@pytest.mark.parametrize("case", BLOCKS, ids=lambda case: case.id)
+def test_block_matches_reference(case):
+    rng, params, grads = problem(case)
+    values = case.draw(rng)
+    tx = case.make(**values, **case.options)
+    assert_matches_reference(case, trajectory(tx), tx.init(params), params, grads, values)
