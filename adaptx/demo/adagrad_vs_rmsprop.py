@@ -29,13 +29,20 @@ def _loss(x):
     return 0.5 * x**2
 
 
-def section(out_dir: Path, progress) -> str:
+def runs(progress=None) -> dict:
+    """Per optimizer: x₀ … x₅₀ and the effective learning rate of steps 1 … 50."""
     results = {}
     with jax.enable_x64(True):
         for name, make in OPTIMIZERS.items():
             run = descent.run(make(), _loss, jnp.asarray(START, jnp.float64), STEPS)
             results[name] = (np.asarray(run.params), np.asarray(descent.effective_learning_rate(run)))
-            progress.update()
+            if progress is not None:
+                progress.update()
+    return results
+
+
+def section(out_dir: Path, progress) -> str:
+    results = runs(progress)
     figure_path = out_dir / "adagrad_vs_rmsprop.png"
     _plot(results, figure_path)
     progress.update()
@@ -48,8 +55,9 @@ def section(out_dir: Path, progress) -> str:
         f"f(x) = x²/2 from x₀ = {START}, η = {LEARNING_RATE}, ε = {EPS:g}, {STEPS} steps, float64 "
         "(the seed's NumPy code). The effective learning rate is |Δxₜ| / |gₜ|, the step taken per "
         "unit of gradient: Adagrad's is η/√(Σg²), which can only shrink; RMSProp's is η/√(EMA of g²), "
-        "which grows again as the gradients get small, so RMSProp keeps taking steps of order η and "
-        "rattles around the minimum while Adagrad creeps towards it.",
+        "which grows again as the gradients get small: RMSProp reaches the minimum within a few "
+        "steps and then rattles around it with steps of order η, while Adagrad's ever smaller "
+        "steps approach it more slowly.",
         markdown.image(figure_path, "Adagrad vs RMSProp trajectories and effective learning rates"),
         markdown.table(["optimizer", f"x after {STEPS} steps", "eff. lr, step 1", "step 10", f"step {STEPS}"], rows),
     ])

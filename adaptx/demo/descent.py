@@ -35,19 +35,31 @@ def descend(tx: GradientTransformation, loss: Callable, params, steps: int, stat
     return Descent(path, jnp.append(losses, loss(last)), grads, updates)
 
 
+def compiled(function: Callable, *args):
+    """``jax.jit(function)(*args)``, compiled without XLA's backend optimizations.
+
+    The demo's runs take milliseconds and compiling them seconds, so optimizing
+    the machine code would cost more time than it saves.
+    """
+    return jax.jit(function).lower(*args).compile(_QUICK_COMPILE)(*args)
+
+
+_QUICK_COMPILE = {"xla_backend_optimization_level": 0}
+
+
 def run(tx: GradientTransformation, loss: Callable, params, steps: int) -> Descent:
     """:func:`descend`, compiled."""
-    return jax.jit(lambda p: descend(tx, loss, p, steps))(params)
+    return compiled(lambda p: descend(tx, loss, p, steps), params)
 
 
 def sweep_learning_rates(tx: GradientTransformation, loss: Callable, params, steps: int, learning_rates) -> Descent:
-    """One run per learning rate, batched by ``jax.vmap`` over ``set_hyperparams``: one compilation."""
+    """One run per learning rate, batched by ``jax.vmap`` over ``set_hyperparams``; traceable."""
 
     def one(learning_rate):
         state = set_hyperparams(tx.init(params), learning_rate=learning_rate)
         return descend(tx, loss, params, steps, state)
 
-    return jax.jit(jax.vmap(one))(jnp.asarray(learning_rates))
+    return jax.vmap(one)(jnp.asarray(learning_rates))
 
 
 def effective_learning_rate(descent: Descent) -> jax.Array:

@@ -53,7 +53,7 @@ def sweep(make) -> descent.Descent:
         return descent.sweep_learning_rates(tx, loss, start, steps, LEARNING_RATES)
 
     starts = jnp.asarray([problem.start for problem in PROBLEMS])
-    return jax.jit(jax.vmap(problem_sweep))(jnp.arange(len(PROBLEMS)), starts)
+    return descent.compiled(jax.vmap(problem_sweep), jnp.arange(len(PROBLEMS)), starts)
 
 
 def pick(paths: np.ndarray, losses: np.ndarray) -> Best:

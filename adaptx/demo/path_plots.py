@@ -2,10 +2,8 @@
 from pathlib import Path
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.colors import LogNorm
 
-from adaptx.demo._extras import new_figure, save_figure
+from adaptx.demo._extras import LogNorm, colormaps, new_figure, save_figure
 from adaptx.demo.problems import Problem
 
 
@@ -15,7 +13,7 @@ def _colours(names):
 
 
 def plot_paths(problem: Problem, results: dict, path: Path) -> None:
-    """One panel per optimizer: its path over log-spaced contours of the loss."""
+    """One panel per optimizer: its path over the loss, shaded and contoured on a log scale."""
     columns = 3
     rows = -(-len(results) // columns)
     figure = new_figure(figsize=(4.2 * columns, 3.4 * rows))
@@ -25,7 +23,8 @@ def plot_paths(problem: Problem, results: dict, path: Path) -> None:
     norm = LogNorm(levels[0], levels[-1])
     colours = _colours(results)
     for axes, (name, best) in zip(panels, results.items()):
-        axes.contourf(x, y, z, levels=levels, norm=norm, cmap="Blues_r", alpha=0.45)
+        axes.imshow(z, extent=(*problem.xlim, *problem.ylim), origin="lower", aspect="auto",
+                    norm=norm, cmap="Blues_r", alpha=0.45)
         axes.contour(x, y, z, levels=levels, colors="0.5", linewidths=0.4)
         axes.plot(*best.path.T, color=colours[name], lw=1.4, marker=".", ms=3,
                   markevery=max(1, len(best.path) // 100))
