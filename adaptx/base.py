@@ -8,6 +8,8 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from adaptx._validate import check_tree_match
+
 PyTree = Any
 Params = PyTree
 Updates = PyTree
@@ -54,7 +56,11 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
 
 
 def apply_updates(params: Params, updates: Updates) -> Params:
-    """Return ``params + updates``, each leaf keeping its param's dtype."""
+    """Return ``params + updates``, each leaf keeping its param's dtype.
+
+    Trees and shapes must match: a wrong-shaped update is an error, never broadcast.
+    """
+    check_tree_match(updates, params, "params")
     return jax.tree.map(
             lambda p, u: None if p is None else jnp.asarray(p + u).astype(jnp.asarray(p).dtype),
             params,

@@ -48,7 +48,7 @@ def trace(
     with β = ``decay`` and m₀ = 0. This is torch.optim.SGD's buffer with
     ``dampening=0`` and optax's ``trace``.
     """
-    check_range("momentum", decay)
+    check_range("decay", decay)
 
     def init(params):
         return MomentState(nx.zeros_like_tree(params, mu_dtype))

@@ -6,6 +6,7 @@ readable and settable through :func:`adaptx.hyperparams` and
 ``mu_dtype`` / ``nu_dtype`` choose the first / second-moment accumulator
 dtypes (default: float32 for bfloat16 and float16 params, else the param dtype).
 """
+from adaptx._validate import check_range
 from adaptx.adam import scale_by_adam, scale_by_adamax, scale_by_nadam
 from adaptx.base import GradientTransformation, chain, identity
 from adaptx.hyperparams import with_hyperparams
@@ -15,7 +16,10 @@ from adaptx.transforms import add_decayed_weights, scale_by_learning_rate
 
 
 def _momentum(momentum, nesterov, mu_dtype):
-    return identity() if momentum is None else trace(momentum, nesterov, mu_dtype=mu_dtype)
+    if momentum is None:
+        return identity()
+    check_range("momentum", momentum)  # before trace's own check, which names it ``decay``
+    return trace(momentum, nesterov, mu_dtype=mu_dtype)
 
 
 def _hyper(momentum, **values):
