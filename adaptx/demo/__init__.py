@@ -36,7 +36,7 @@ def run(out_dir, sections=None, progress_bar: bool = True) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with tqdm(total=sum(s.work for s in sections), desc="adaptx demo", disable=not progress_bar) as progress:
+    with tqdm(total=sum(s.work for s in sections), desc="adaptx demo", unit="task", disable=not progress_bar) as progress:
         parts = [section.run(out_dir, progress) for section in sections]
     seconds = time.perf_counter() - started
     header = (

@@ -87,7 +87,7 @@ def section(out_dir: Path, progress) -> str:
 def _markdown(results, out_dir: Path) -> str:
     def cells(problem, name):
         best = results[problem.name, name]
-        edge = " (grid edge)" if best.learning_rate in (LEARNING_RATES[0], LEARNING_RATES[-1]) else ""
+        edge = " (largest tried)" if best.learning_rate == LEARNING_RATES[-1] else ""
         return [f"{best.learning_rate:.3g}{edge}", f"{best.losses[-1]:.3g}"]
 
     headers = ["optimizer"]
@@ -105,10 +105,13 @@ def _markdown(results, out_dir: Path) -> str:
         "Rosenbrock's curved valley is where it cannot.",
         f"Learning rates: for each optimizer and problem, the best of {len(LEARNING_RATES)} values "
         f"from {LEARNING_RATES[0]:g} to {LEARNING_RATES[-1]:g} (four per decade): the one whose worst "
-        "loss over the last tenth of the run is lowest. The grid runs at once, with `jax.vmap` over "
+        "loss over the last tenth of the run is lowest. The grid stops at 1 because larger steps "
+        "throw these paths far off the plots before they settle; \"largest tried\" marks an "
+        "optimizer that might do better with more. The grid runs at once, with `jax.vmap` over "
         "`adaptx.set_hyperparams`. Everything else is adaptx's default: sgd+momentum uses momentum "
-        "0.9, adamw decays weights by 1e-2, and adadelta's step starts near √ε = 1e-3 and grows only "
-        "as its own history of steps does, which is why it lags here.",
+        "0.9, adamw decays weights by 1e-2 (so its minimum is not exactly the problem's), and "
+        "adadelta's first steps are of order √ε = 1e-3 and grow only with its own history of "
+        "steps, which is why it lags here.",
         markdown.table(headers, rows),
         *(markdown.image(out_dir / f"paths_{p.name}.png", f"optimizer paths on {p.title}") for p in PROBLEMS),
         markdown.image(out_dir / "losses.png", "loss per step for every optimizer"),
