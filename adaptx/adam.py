@@ -9,8 +9,13 @@ from adaptx._validate import check_range, check_tree_match
 from adaptx.base import GradientTransformation
 
 
-# Scalars shared by every leaf: float32, or float64 under jax_enable_x64.
-_SCALAR = jnp.result_type(float)
+def _scalar_dtype():
+    """Scalars shared by every leaf: float32, or float64 under jax_enable_x64.
+
+    Read when called, not at import: x64 may be switched on (or scoped with
+    ``jax.enable_x64``) after adaptx is imported.
+    """
+    return jnp.result_type(float)
 
 
 class AdamState(NamedTuple):
@@ -143,14 +148,14 @@ def scale_by_nadam(
         check_range("momentum_decay", momentum_decay)
 
     def schedule(step):
-        b1_ = jnp.asarray(nx.rate_value(b1), _SCALAR)
+        b1_ = jnp.asarray(nx.rate_value(b1), _scalar_dtype())
         if momentum_decay is None:
             return b1_
-        return b1_ * (1 - 0.5 * 0.96 ** (step.astype(_SCALAR) * momentum_decay))
+        return b1_ * (1 - 0.5 * 0.96 ** (step.astype(_scalar_dtype()) * momentum_decay))
 
     def init(params):
         count, mu, nu, _ = _adam_init(params, mu_dtype, nu_dtype)
-        return NadamState(count, jnp.ones([], _SCALAR), mu, nu)
+        return NadamState(count, jnp.ones([], _scalar_dtype()), mu, nu)
 
     def update(updates, state, params=None):
         check_tree_match(updates, state.mu, "first moment")
