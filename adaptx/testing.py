@@ -39,7 +39,7 @@ def check_transformation(
       ``ulps`` units in the last place of each leaf's dtype (relative to the leaf's
       largest magnitude), the rounding that fusion may change;
     * **pure**: ``update`` changes neither its inputs' containers nor their arrays
-      (it is fed NumPy copies, which an in-place write would change).
+      (checked on NumPy copies of grads and params, which an in-place write would change).
 
     ``grads`` defaults to :func:`random_like` ``(params)``. Returns the eager
     run's last ``(updates, state)``.
@@ -49,9 +49,10 @@ def check_transformation(
     _assert_all_finite("grads", grads)
     state = tx.init(params)
     _assert_close("init", jax.jit(tx.init)(params), state, ulps)
+    _assert_pure(tx, grads, state, params)
     jit_state, jit_update = state, jax.jit(tx.update)
     for step in range(1, steps + 1):
-        updates, new_state = _pure_update(tx, grads, state, params, step)
+        updates, new_state = tx.update(grads, state, params)
         _assert_same_avals(f"step {step}: updates vs grads", updates, grads, weak_types=False)
         _assert_same_avals(f"step {step}: state after vs before update", new_state, state, weak_types=True)
         _assert_all_finite(f"step {step}: updates", updates)
@@ -75,20 +76,18 @@ def _where(path) -> str:
     return jax.tree_util.keystr(path) or "the root"
 
 
-def _pure_update(tx, grads, state, params, step):
-    """``tx.update`` on NumPy copies of grads and params, asserting it left them as they were."""
-    copies = jax.tree.map(np.array, (grads, params))
-    snapshot = jax.tree.map(np.copy, copies)
-    containers = jax.tree.structure(copies), jax.tree.structure(state)
-    state_leaves = jax.tree.leaves(state)
-    updates, new_state = tx.update(*copies[:1], state, copies[1])
-    if (jax.tree.structure(copies), jax.tree.structure(state)) != containers or any(
-            a is not b for a, b in zip(jax.tree.leaves(state), state_leaves)):
-        _fail("pure", f"step {step}", "update changed the containers of its grads, state or params")
-    for (path, now), then in zip(_leaves(copies), jax.tree.leaves(snapshot)):
+def _assert_pure(tx, grads, state, params):
+    """Call ``tx.update`` on NumPy copies of grads and params and assert it left its inputs as they were."""
+    inputs = (jax.tree.map(np.array, (grads, params)), state)
+    structure, leaves = jax.tree.structure(inputs), jax.tree.leaves(inputs)
+    values = jax.tree.map(np.copy, inputs[0])
+    tx.update(inputs[0][0], state, inputs[0][1])
+    if jax.tree.structure(inputs) != structure or any(a is not b for a, b in zip(jax.tree.leaves(inputs), leaves)):
+        _fail("pure", "update", "it changed the containers of its grads, state or params"
+              " (assigned into a dict or list it was given)")
+    for (path, now), then in zip(_leaves(inputs[0]), jax.tree.leaves(values)):
         if not np.array_equal(now, then, equal_nan=True):
-            _fail("pure", f"step {step}, (grads, params){_where(path)}", "update wrote into its input array")
-    return updates, new_state
+            _fail("pure", f"(grads, params){_where(path)}", "update wrote into its input array")
 
 
 def _aval(leaf) -> tuple:
