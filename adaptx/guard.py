@@ -74,13 +74,13 @@ def raise_if_gave_up(state) -> None:
     guards = _guards(state)
     if not guards:
         raise ValueError("this state holds no skip_nonfinite guard: wrap the optimizer in adaptx.skip_nonfinite")
+    message = ("skip_nonfinite gave up: max_consecutive steps in a row had NaN or Inf gradients ({skipped}"
+               " skipped in all, {consecutive} in a row now); lower the learning rate or look for an overflow")
     for guard in guards:
-        message = ("gave up after {consecutive} consecutive steps with non-finite gradients"
-                   " ({skipped} skipped in all): lower the learning rate or check the loss for overflow")
         gave_up = concrete(guard.gave_up)
         if gave_up is None:
             checkify.check(~jnp.any(guard.gave_up), message,
-                           consecutive=jnp.max(guard.consecutive), skipped=jnp.max(guard.skipped))
+                           skipped=jnp.max(guard.skipped), consecutive=jnp.max(guard.consecutive))
         elif gave_up.any():
-            raise FloatingPointError(message.format(consecutive=np.max(guard.consecutive),
-                                                    skipped=np.max(guard.skipped)))
+            raise FloatingPointError(message.format(skipped=np.max(guard.skipped),
+                                                    consecutive=np.max(guard.consecutive)))

@@ -133,4 +133,5 @@ def _assert_close(what: str, got, want, ulps: float):
         scale = max(np.max(np.abs(b), initial=0.0), np.finfo(np.float64).tiny)
         error = np.max(np.abs(a - b), initial=0.0) / scale
         if not error <= tolerance:
-            _fail("jit", f"{what}{_where(path)}", f"differs from eager by {error:.3g} relative (allowed {tolerance:.3g})")
+            _fail("jit", f"{what}{_where(path)}",
+                  f"differs from eager by {error:.3g} relative to its largest magnitude (allowed {tolerance:.3g})")

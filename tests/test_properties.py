@@ -1,4 +1,4 @@
-"""Property tests: every optimizer and wrapper, on random pytrees and dtypes, passes adaptx.testing.check_transformation.
+"""Property tests: every optimizer and wrapper passes adaptx.testing.check_transformation on random pytrees.
 
 Each example checks, through check_transformation: updates have the grads' tree,
 shapes and dtypes; the state keeps its tree and dtypes; finite inputs give finite

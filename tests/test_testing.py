@@ -58,18 +58,23 @@ def python_side_counter(updates, state, params=None):
     return jax.tree.map(lambda g: g * len(calls), updates), state
 
 
+def stateful(update):
+    return adaptx.GradientTransformation(lambda params: Step(jnp.zeros([], jnp.int32)), update)
+
+
+def keeps_no_state(update):
+    return adaptx.GradientTransformation(lambda params: adaptx.EmptyState(), update)
+
+
 BROKEN = {
-    r"tree fails at step 1: updates vs grads, \['b'\]\[0\]: \(shape, dtype\)": stateless(lambda u: jax.tree.map(lambda g: g.astype(jnp.float32), u)),
+    r"tree fails at step 1: updates vs grads, \['b'\]\[0\]: \(shape, dtype\)":
+        stateless(lambda u: jax.tree.map(lambda g: g.astype(jnp.float32), u)),
     "tree fails at step 1: updates vs grads": stateless(lambda u: {**u, "b": u["b"][0]}),
-    "state fails at step 1: state after vs before": adaptx.GradientTransformation(
-        lambda p: Step(jnp.zeros([], jnp.int32)), lambda u, s, p=None: (u, Step(s.count + 1.0))),
+    "state fails at step 1: state after vs before": stateful(lambda u, s, p=None: (u, Step(s.count + 1.0))),
     "finite fails at step 1: updates": stateless(lambda u: jax.tree.map(lambda g: g * jnp.inf, u)),
-    "jit fails at step 1: jitted updates": adaptx.GradientTransformation(lambda p: adaptx.EmptyState(),
-                                                                         python_side_counter),
-    r"pure fails at \(grads, params\)\[0\]\['w'\]: update wrote into its input array": adaptx.GradientTransformation(
-        lambda p: adaptx.EmptyState(), in_place_write),
-    "pure fails at update: it changed the containers": adaptx.GradientTransformation(
-        lambda p: adaptx.EmptyState(), container_write),
+    "jit fails at step 1: jitted updates": keeps_no_state(python_side_counter),
+    r"pure fails at \(grads, params\)\[0\]\['w'\]: update wrote into its input array": keeps_no_state(in_place_write),
+    "pure fails at update: it changed the containers": keeps_no_state(container_write),
 }
 
 
