@@ -1,11 +1,15 @@
 """adaptx: adaptive-learning-rate optimizers for JAX, as composable gradient transformations."""
+from adaptx.accumulate import AccumulateState, accumulate_gradients
 from adaptx.adam import AdamState, NadamState, scale_by_adam, scale_by_adamax, scale_by_nadam
 from adaptx.base import EmptyState, GradientTransformation, apply_updates, chain, identity
+from adaptx.groups import MaskedNode, MaskedState, PartitionState, masked, partition
+from adaptx.guard import SkipNonfiniteState, all_finite, raise_if_gave_up, skip_nonfinite
 from adaptx.hyperparams import HyperparamsState, hyperparams, set_hyperparams, with_hyperparams
 from adaptx.moments import bias_correction, ema, trace
 from adaptx.optimizers import adadelta, adagrad, adam, adamax, adamw, nadam, rmsprop, sgd
 from adaptx.scaling import accumulate_squares, scale_by_adadelta, scale_by_rms
 from adaptx.transforms import add_decayed_weights, clip_by_global_norm, scale_by_learning_rate
+from adaptx import checkpoint, sharding, testing  # noqa: E402  (submodules: adaptx.testing.check_transformation, ...)
 
 __version__ = "0.1.0"
 
@@ -17,4 +21,8 @@ __all__ = [
     "scale_by_learning_rate", "add_decayed_weights", "clip_by_global_norm",
     "with_hyperparams", "hyperparams", "set_hyperparams", "HyperparamsState",
     "sgd", "adagrad", "rmsprop", "adam", "adamw", "adadelta", "adamax", "nadam",
+    "skip_nonfinite", "raise_if_gave_up", "all_finite", "SkipNonfiniteState",
+    "accumulate_gradients", "AccumulateState",
+    "masked", "partition", "MaskedNode", "MaskedState", "PartitionState",
+    "checkpoint", "sharding", "testing",
 ]

@@ -3,6 +3,7 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.shard_alike import shard_alike
 
 _LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
@@ -25,10 +26,22 @@ def accumulator_dtype(leaf: Any, dtype: Optional[Any] = None) -> jnp.dtype:
 
 
 def zeros_like_tree(params: Any, dtype: Optional[Any] = None, fill: Any = 0.0) -> Any:
-    """A tree of ``fill``-valued accumulators shaped like ``params``."""
-    return jax.tree.map(
-        lambda p: jnp.full(jnp.shape(p), fill, accumulator_dtype(p, dtype)), params
-    )
+    """A tree of ``fill``-valued accumulators shaped, and sharded, like ``params``."""
+    return jax.tree.map(lambda p: full_like_param(p, fill, accumulator_dtype(p, dtype)), params)
+
+
+def full_like_param(param: Any, fill: Any, dtype: Any) -> jax.Array:
+    """A ``fill``-valued array with ``param``'s shape and sharding, eagerly and under jit.
+
+    Eagerly ``full_like`` copies a concrete array's sharding. Under jit a
+    constant has no operand to inherit a sharding from, so the compiler would
+    replicate it (or, when nothing in the output depends on an input, put it on
+    one device); ``shard_alike`` ties it to the param's sharding instead.
+    """
+    accumulator = jnp.full_like(param, fill, dtype)
+    if isinstance(param, jax.core.Tracer):
+        _, accumulator = shard_alike(param, accumulator)
+    return accumulator
 
 
 class Rate(NamedTuple):

@@ -55,33 +55,40 @@ def check_range(name: str, value: Any, range_name: Optional[str] = None) -> None
         )
 
 
-def check_tree_match(updates: Any, reference: Any, what: str = "optimizer state") -> None:
+def check_tree_match(
+    updates: Any,
+    reference: Any,
+    what: str = "optimizer state",
+    *,
+    subject: str = "updates",
+    advice: str = "pass gradients with the same tree as the params the optimizer was initialised with",
+) -> None:
     """Raise ValueError naming the first path where ``updates`` and ``reference`` differ.
 
     Structure and every leaf's shape must agree: a wrong-shaped gradient is an
-    error, never silently broadcast against the state.
+    error, never silently broadcast against the state. ``subject`` names the
+    checked tree and ``advice`` tells the user how to fix a mismatch.
     """
     got, got_def = jax.tree_util.tree_flatten_with_path(updates)
     want, want_def = jax.tree_util.tree_flatten_with_path(reference)
     for (got_path, got_leaf), (want_path, want_leaf) in zip(got, want):
         if got_path != want_path:
             raise ValueError(
-                f"updates have a leaf at {_where(got_path)} where the {what} has one at"
-                f" {_where(want_path)}: pass gradients with the same tree as the params"
-                " the optimizer was initialised with"
+                f"{subject} have a leaf at {_where(got_path)} where the {what} has one at"
+                f" {_where(want_path)}: {advice}"
             )
         if np.shape(got_leaf) != np.shape(want_leaf):
             raise ValueError(
-                f"updates at {_where(got_path)} have shape {np.shape(got_leaf)} but the"
-                f" {what} there has shape {np.shape(want_leaf)}"
+                f"{subject} at {_where(got_path)} have shape {np.shape(got_leaf)} but the"
+                f" {what} there has shape {np.shape(want_leaf)}: {advice}"
             )
     if len(got) != len(want):
-        longer, path = ("updates", got[len(want)][0]) if len(got) > len(want) else (
+        longer, path = (subject, got[len(want)][0]) if len(got) > len(want) else (
             what, want[len(got)][0])
-        raise ValueError(f"there is an extra leaf in the {longer} at {_where(path)}")
+        raise ValueError(f"there is an extra leaf in the {longer} at {_where(path)}: {advice}")
     if got_def != want_def:
         raise ValueError(
-            f"updates and the {what} have the same leaves but different containers:"
+            f"{subject} and the {what} have the same leaves but different containers:"
             f" {got_def} vs {want_def}"
         )
 

@@ -12,7 +12,8 @@ from adaptx.base import GradientTransformation
 def _scalar_dtype():
     """Scalars shared by every leaf: float32, or float64 under jax_enable_x64.
 
-    Read when used, not at import: x64 may be switched on after adaptx is imported.
+    Read when called, not at import: x64 may be switched on (or scoped with
+    ``jax.enable_x64``) after adaptx is imported.
     """
     return jnp.result_type(float)
 

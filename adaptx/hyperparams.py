@@ -110,7 +110,8 @@ def _the_one(state) -> HyperparamsState:
     if len(found) != 1:
         raise ValueError(
             f"found {len(found)} optimizers with hyperparameters in this state; pass the"
-            " state of one optimizer (e.g. the element of a chain's tuple that holds it)"
+            " state of one optimizer (e.g. the element of a chain's tuple that holds it, or"
+            " state.inner_states[label] of an adaptx.partition)"
             if found else
             "this state holds no hyperparameters: build the optimizer with an adaptx alias"
             " (adaptx.adam, ...) or wrap it in adaptx.with_hyperparams"

@@ -9,6 +9,7 @@ dtypes (default: float32 for bfloat16 and float16 params, else the param dtype).
 from adaptx._validate import check_range
 from adaptx.adam import scale_by_adam, scale_by_adamax, scale_by_nadam
 from adaptx.base import GradientTransformation, chain, identity
+from adaptx.groups import masked
 from adaptx.hyperparams import with_hyperparams
 from adaptx.moments import trace
 from adaptx.scaling import accumulate_squares, scale_by_adadelta, scale_by_rms
@@ -103,19 +104,22 @@ def adam(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, amsgrad=False, *, mu_dt
 
 def adamw(
     learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
-    mu_dtype=None, nu_dtype=None,
+    mu_dtype=None, nu_dtype=None, mask=None,
 ) -> GradientTransformation:
     """AdamW: Adam with decoupled weight decay (Loshchilov & Hutter, 2019).
 
         θ ← θ − η·(m̂ / (√v̂ + ε) + λ·θ)
 
     λ = 0.01 as in torch.optim.AdamW; optax.adamw defaults to 1e-4, keras to
-    0.004. The decay is scaled by η, as in torch, optax and keras.
+    0.004. The decay is scaled by η, as in torch, optax and keras. ``mask``
+    (a pytree of bools or a function of the params, see :func:`adaptx.masked`)
+    limits the decay to some leaves, e.g. matrices but not biases and norms.
     """
     def build(learning_rate, b1, b2, eps, weight_decay):
+        decay = add_decayed_weights(weight_decay)
         return chain(
             scale_by_adam(b1, b2, eps, amsgrad=amsgrad, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
-            add_decayed_weights(weight_decay),
+            decay if mask is None else masked(decay, mask),
             scale_by_learning_rate(learning_rate),
         )
 
