@@ -84,7 +84,8 @@ def scale_by_adam(
             eps_, eps_root_ = nx.as_dtype_of(second, eps, eps_root)
             if eps_hat:
                 dt = second.dtype
-                step_size = jnp.sqrt(nx.bias(b2, count, dt, power_bias)) / nx.bias(b1, count, dt, power_bias)
+                bias1, bias2 = (nx.bias(b, count, dt, power_bias) for b in (b1, b2))
+                step_size = jnp.sqrt(bias2) / bias1
                 u = mu.astype(dt) * step_size / (nx.safe_sqrt(second + eps_root_) + eps_)
             else:
                 nu_hat = nx.debias(second, b2, count, power_bias)

@@ -119,7 +119,7 @@ def clip_by_norm(max_norm: float) -> GradientTransformation:
 
 
 def clip_by_value(max_value: float) -> GradientTransformation:
-    """Clip every coordinate to [−c, c]: u = min(max(g, −c), c) (keras' ``clipvalue``, optax's ``clip``)."""
+    """Clip every coordinate to [−c, c]: u = min(max(g, −c), c), keras' ``clipvalue`` and optax's ``clip``."""
     check_range("max_value", max_value)
 
     def clip_leaf(g):
