@@ -2,9 +2,9 @@
 
 Each function takes the arguments of the keras class of the same name, in the
 same order and with the same defaults, and returns a
-:class:`~adaptx.GradientTransformation` assembled from adaptx blocks. Its
-parameters follow keras (JAX backend) to float32 rounding, verified by
-``tests/test_compat_keras.py``; ``docs/keras_rows.md`` lists the conventions.
+:class:`~adaptx.GradientTransformation` assembled from adaptx blocks. The
+params it produces follow keras' (JAX backend) to float32 rounding, as
+``tests/test_compat_keras.py`` checks; ``docs/keras_rows.md`` lists the conventions.
 
 Every keras optimizer shares one base class, reproduced here as one chain::
 
@@ -124,7 +124,7 @@ def SGD(
     The buffer holds η·g, so the learning rate comes *before* the momentum,
     ``chain(scale_by_learning_rate(η), trace(β, nesterov))``, unlike
     :func:`adaptx.sgd`; the two differ once η follows a schedule. Momentum 0
-    keeps no buffer. Bit-identical to keras without weight decay.
+    keeps no buffer. Bit-identical to keras without weight decay or global_clipnorm.
     """
     arguments = locals()
     check_range("momentum", momentum)
@@ -188,7 +188,8 @@ def Adam(
     """``keras.optimizers.Adam``: θ ← θ − η·m·√(1 − β₂ᵗ)/(1 − β₁ᵗ) / (√v + ε).
 
     ε meets the *uncorrected* √v (``scale_by_adam(eps_hat=True)``), with
-    ε = 1e-7; ``amsgrad`` takes the maximum of the raw v, as torch does.
+    ε = 1e-7; 1 − βᵗ is keras' float32 power of β (``power_bias=True``);
+    ``amsgrad`` takes the maximum of the raw v, as torch does.
     ``weight_decay`` here is already decoupled, as in :func:`AdamW`.
     """
     arguments = locals()
