@@ -75,14 +75,22 @@ def ema(moment, value, decay):
     return jnp.asarray(beta, dtype) * moment + jnp.asarray(complement, dtype) * value.astype(dtype)
 
 
-def debias(moment, decay, count):
-    """m̂ = m / (1 − βᵗ), the bias correction of a zero-initialised EMA after t steps.
+def bias(decay, count, dtype, power: bool = False):
+    """1 − βᵗ, the weight a zero-initialised EMA has gathered after t steps.
 
-    1 − βᵗ is computed as −expm1(t·log1p(−(1 − β))) from the complement, accurate
-    to a few ulp where the naive float32 power loses up to 1e-5 relative.
+    Computed as −expm1(t·log1p(−(1 − β))) from the complement, accurate to a
+    few ulp where the naive float32 power loses up to 1e-5 relative. ``power``
+    takes that naive 1 − βᵗ of β rounded to ``dtype``, as keras does.
     """
-    complement = jnp.asarray(split_rate(decay).complement, moment.dtype)
-    return moment / -jnp.expm1(count.astype(moment.dtype) * jnp.log1p(-complement))
+    if power:
+        return 1 - jnp.power(jnp.asarray(rate_value(decay), dtype), count.astype(dtype))
+    complement = jnp.asarray(split_rate(decay).complement, dtype)
+    return -jnp.expm1(count.astype(dtype) * jnp.log1p(-complement))
+
+
+def debias(moment, decay, count, power: bool = False):
+    """m̂ = m / (1 − βᵗ), the bias correction of a zero-initialised EMA after t steps."""
+    return moment / bias(decay, count, moment.dtype, power)
 
 
 def increment(count):

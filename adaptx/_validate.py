@@ -21,7 +21,16 @@ RANGES = {
     "initial_accumulator": (0.0, math.inf, True, False),
     "max_norm": (0.0, math.inf, False, False),
     "momentum_decay": (0.0, math.inf, True, False),
+    "max_value": (0.0, math.inf, False, False),
+    "loss_scale": (0.0, math.inf, False, False),
 }
+# The keras names adaptx.compat.keras stores hyperparameters under.
+RANGES.update(
+    beta_1=RANGES["b1"], beta_2=RANGES["b2"], epsilon=RANGES["eps"],
+    initial_accumulator_value=RANGES["initial_accumulator"], clipnorm=RANGES["max_norm"],
+    global_clipnorm=RANGES["max_norm"], clipvalue=RANGES["max_value"],
+    loss_scale_factor=RANGES["loss_scale"],
+)
 
 
 def describe_range(name: str) -> str:

@@ -44,6 +44,8 @@ def scale_by_adam(
     eps_root: float = 0.0,
     amsgrad: bool = False,
     *,
+    eps_hat: bool = False,
+    power_bias: bool = False,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
 ) -> GradientTransformation:
@@ -55,7 +57,16 @@ def scale_by_adam(
 
     ``amsgrad`` (Reddi, Kale & Kumar, 2018) keeps v_max ← max(v_max, v) and
     uses v_max in place of v, the maximum taken before bias correction as in
-    torch.optim (optax takes it after).
+    torch.optim and keras (optax takes it after).
+
+    ``eps_hat`` adds ε to the uncorrected √v, the paper's faster form (end of
+    §2) that keras and TensorFlow use:
+
+        u = m·√(1 − β₂ᵗ) / (1 − β₁ᵗ) / (√(v + ε_root) + ε)
+
+    i.e. ε̂ = ε·√(1 − β₂ᵗ) in the default form, a larger ε early on.
+    ``power_bias`` computes 1 − βᵗ as keras does, a float32 power of β, which
+    is up to 1e-5 relative off the exact value the default computes.
     """
     check_range("b1", b1)
     check_range("b2", b2)
@@ -74,10 +85,17 @@ def scale_by_adam(
             g_nu = g.astype(nu.dtype)
             nu = nx.ema(nu, g_nu * g_nu, b2)
             nu_max = None if nu_max is None else jnp.maximum(nu_max, nu)
-            nu_hat = nx.debias(nu if nu_max is None else nu_max, b2, count)
-            eps_, eps_root_ = nx.as_dtype_of(nu_hat, eps, eps_root)
-            mu_hat = nx.debias(mu, b1, count).astype(nu_hat.dtype)
-            u = mu_hat / (nx.safe_sqrt(nu_hat + eps_root_) + eps_)
+            second = nu if nu_max is None else nu_max
+            eps_, eps_root_ = nx.as_dtype_of(second, eps, eps_root)
+            if eps_hat:
+                dt = second.dtype
+                bias1, bias2 = (nx.bias(b, count, dt, power_bias) for b in (b1, b2))
+                step_size = jnp.sqrt(bias2) / bias1
+                u = mu.astype(dt) * step_size / (nx.safe_sqrt(second + eps_root_) + eps_)
+            else:
+                nu_hat = nx.debias(second, b2, count, power_bias)
+                mu_hat = nx.debias(mu, b1, count, power_bias).astype(nu_hat.dtype)
+                u = mu_hat / (nx.safe_sqrt(nu_hat + eps_root_) + eps_)
             return mu, nu, nu_max, u.astype(g.dtype)
 
         maxima = (state.nu_max,) if amsgrad else ()
@@ -89,14 +107,23 @@ def scale_by_adam(
 
 
 def scale_by_adamax(
-    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *, mu_dtype=None, nu_dtype=None
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    *,
+    eps_in_max: bool = True,
+    power_bias: bool = False,
+    mu_dtype=None,
+    nu_dtype=None,
 ) -> GradientTransformation:
     """AdaMax's direction, Adam under the infinity norm (Kingma & Ba, 2014, §7.1).
 
         m ← β₁·m + (1 − β₁)·g,    v ← max(β₂·v, |g| + ε),    u = m / ((1 − β₁ᵗ)·v)
 
     The paper has no ε; it sits inside the max as in torch.optim and optax,
-    keeping v > 0 when every gradient so far was zero.
+    keeping v > 0 when every gradient so far was zero. ``eps_in_max=False``
+    puts it outside, as keras does: v ← max(β₂·v, |g|), u = m / ((1 − β₁ᵗ)·(v + ε)).
+    ``power_bias`` computes 1 − β₁ᵗ as keras does (see :func:`scale_by_adam`).
     """
     check_range("b1", b1)
     check_range("b2", b2)
@@ -112,8 +139,9 @@ def scale_by_adamax(
         def step(mu, nu, g):
             mu = nx.ema(mu, g, b1)
             b2_, eps_ = nx.as_dtype_of(nu, nx.rate_value(b2), eps)
-            nu = jnp.maximum(b2_ * nu, jnp.abs(g.astype(nu.dtype)) + eps_)
-            u = nx.debias(mu, b1, count).astype(nu.dtype) / nu
+            magnitude = jnp.abs(g.astype(nu.dtype))
+            nu = jnp.maximum(b2_ * nu, magnitude + eps_ if eps_in_max else magnitude)
+            u = nx.debias(mu, b1, count, power_bias).astype(nu.dtype) / (nu if eps_in_max else nu + eps_)
             return mu, nu, u.astype(g.dtype)
 
         mu, nu, out = nx.unzip(jax.tree.map(step, state.mu, state.nu, updates), updates, 3)
@@ -128,6 +156,7 @@ def scale_by_nadam(
     eps: float = 1e-8,
     momentum_decay: Optional[float] = 4e-3,
     *,
+    power_bias: bool = False,
     mu_dtype=None,
     nu_dtype=None,
 ) -> GradientTransformation:
@@ -139,7 +168,8 @@ def scale_by_nadam(
         u = m̄ / (√(v / (1 − β₂ᵗ)) + ε)
 
     This is the paper's warming momentum schedule, as in torch.optim and keras.
-    ``momentum_decay=None`` drops it (μₜ = β₁), which is optax's ``nadam``.
+    ``momentum_decay=None`` drops it (μₜ = β₁), which is optax's ``nadam``;
+    keras uses ``momentum_decay=1.0`` (0.96ᵗ) and ``power_bias`` (see :func:`scale_by_adam`).
     """
     check_range("b1", b1)
     check_range("b2", b2)
@@ -170,7 +200,7 @@ def scale_by_nadam(
             dt = nu.dtype
             m_bar = (mu_next.astype(dt) * mu.astype(dt) / (1 - (mu_product * mu_next).astype(dt))
                      + (1 - mu_t.astype(dt)) * g_nu / (1 - mu_product.astype(dt)))
-            u = m_bar / (nx.safe_sqrt(nx.debias(nu, b2, count)) + jnp.asarray(eps, dt))
+            u = m_bar / (nx.safe_sqrt(nx.debias(nu, b2, count, power_bias)) + jnp.asarray(eps, dt))
             return mu, nu, u.astype(g.dtype)
 
         mu, nu, out = nx.unzip(jax.tree.map(step, state.mu, state.nu, updates), updates, 3)

@@ -1,4 +1,4 @@
-"""Stateless (or step-counting) transformations: learning rate, weight decay, clipping."""
+"""Stateless (or step-counting) transformations: learning rate, weight decay, clipping, loss scale."""
 from typing import Any, Callable, NamedTuple, Union
 
 import jax
@@ -42,22 +42,37 @@ def _scale(updates, learning_rate):
     return jax.tree.map(lambda g: (-nx.as_dtype_of(g, learning_rate) * g), updates)
 
 
-def add_decayed_weights(weight_decay: float) -> GradientTransformation:
+def add_decayed_weights(weight_decay: float, *, learning_rate: Any = None) -> GradientTransformation:
     """Add decoupled weight decay: u = g + λ·θ (Loshchilov & Hutter, 2019).
 
     Placed after an adaptive scaling and before the learning rate, λθ is
     scaled by η but not by the adaptive denominator: AdamW's decoupling.
+
+    With ``learning_rate`` η it adds the whole decay step instead, u = g − θ·λ·η,
+    for placing after :func:`scale_by_learning_rate`. This is keras' order: its
+    base optimizer shrinks θ by θ·λ·η beside updates whose momentum buffers
+    already hold η, which no placement before the learning rate reproduces
+    once η follows a schedule. It is rounded as keras' two assignments are,
+    u = ((θ − θ·λ·η) + g) − θ: θ + u lands on keras' θ exactly whenever the
+    new θ is within a factor 2 of the old (Sterbenz's lemma), and a decay
+    under half an ulp of θ is lost in both.
     """
     check_range("weight_decay", weight_decay)
+    if learning_rate is not None:
+        check_range("learning_rate", learning_rate)
+
+    def decay(g, p):
+        p = p.astype(g.dtype)
+        if learning_rate is None:
+            return g + nx.as_dtype_of(g, weight_decay) * p
+        decayed = p - p * nx.as_dtype_of(g, weight_decay) * nx.as_dtype_of(g, learning_rate)
+        return (decayed + g) - p
 
     def update(updates, state, params=None):
         if params is None:
             raise ValueError("add_decayed_weights needs params: call update(grads, state, params)")
         check_tree_match(updates, params, "params")
-        out = jax.tree.map(
-            lambda g, p: (g + nx.as_dtype_of(g, weight_decay) * p.astype(g.dtype)), updates, params
-        )
-        return out, state
+        return jax.tree.map(decay, updates, params), state
 
     return GradientTransformation(lambda params: EmptyState(), update)
 
@@ -79,3 +94,55 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
         return jax.tree.map(lambda g: (g * factor.astype(g.dtype)), updates), state
 
     return GradientTransformation(lambda params: EmptyState(), update)
+
+
+def clip_by_norm(max_norm: float) -> GradientTransformation:
+    """Rescale each leaf so its own L2 norm is at most ``max_norm`` (keras' ``clipnorm``).
+
+        u = g·c / max(‖g‖₂, c),    ‖g‖₂ over one leaf
+
+    Written as TensorFlow's ``clip_by_norm`` computes it, so it matches keras
+    bit for bit; :func:`clip_by_global_norm` takes one norm over every leaf.
+    """
+    check_range("max_norm", max_norm)
+
+    def clip_leaf(g):
+        g32 = g.astype(nx.accumulator_dtype(g))
+        norm = nx.safe_sqrt(jnp.sum(jnp.square(g32)))
+        limit = nx.as_dtype_of(norm, max_norm)
+        return (g32 * limit / jnp.maximum(norm, limit)).astype(g.dtype)
+
+    return GradientTransformation(
+        lambda params: EmptyState(),
+        lambda updates, state, params=None: (jax.tree.map(clip_leaf, updates), state),
+    )
+
+
+def clip_by_value(max_value: float) -> GradientTransformation:
+    """Clip every coordinate to [−c, c]: u = min(max(g, −c), c), keras' ``clipvalue`` and optax's ``clip``."""
+    check_range("max_value", max_value)
+
+    def clip_leaf(g):
+        limit = nx.as_dtype_of(g, max_value)
+        return jnp.clip(g, -limit, limit)
+
+    return GradientTransformation(
+        lambda params: EmptyState(),
+        lambda updates, state, params=None: (jax.tree.map(clip_leaf, updates), state),
+    )
+
+
+def unscale_gradients(loss_scale: float) -> GradientTransformation:
+    """Divide by a loss scale: u = g / s (keras' ``loss_scale_factor``).
+
+    For gradients of a loss multiplied by s, which keeps small float16
+    gradients from flushing to zero (Micikevicius et al., 2018); dividing
+    first gives every later block the gradients of the unscaled loss.
+    """
+    check_range("loss_scale", loss_scale)
+    return GradientTransformation(
+        lambda params: EmptyState(),
+        lambda updates, state, params=None: (
+            jax.tree.map(lambda g: g / nx.as_dtype_of(g, loss_scale), updates), state
+        ),
+    )

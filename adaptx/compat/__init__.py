@@ -1,0 +1,1 @@
+"""Presets that reproduce other libraries' optimizers: their argument names, defaults and arithmetic."""
