@@ -148,8 +148,8 @@ def adamax(learning_rate=2e-3, b1=0.9, b2=0.999, eps=1e-8, *, mu_dtype=None, nu_
 
         m ← β₁·m + (1 − β₁)·g,    v ← max(β₂·v, |g| + ε),    θ ← θ − η/(1 − β₁ᵗ) · m / v
 
-    η = 0.002 as in the paper and torch; optax and keras default to 1e-3
-    (keras adds ε = 1e-7 outside the max).
+    η = 0.002 as in the paper and torch; keras defaults to 1e-3 and adds
+    ε = 1e-7 outside the max; optax has no default learning rate.
     """
     def build(learning_rate, b1, b2, eps):
         return chain(
@@ -168,7 +168,7 @@ def nadam(
         μₜ = β₁·(1 − ½·0.96^(t·ψ)),    θ ← θ − η·(μₜ₊₁·m̂ₜ₊₁ + (1 − μₜ)·ĝₜ) / (√v̂ + ε)
 
     (see :func:`adaptx.scale_by_nadam`). Defaults are the paper's and torch's
-    (ψ = 0.004); ``momentum_decay=None`` is optax.nadam (μₜ = β₁, η = 1e-3 there).
+    (ψ = 0.004); ``momentum_decay=None`` is optax.nadam (μₜ = β₁; no default η there).
     """
     def build(learning_rate, b1, b2, eps, momentum_decay=None):
         return chain(
