@@ -5,7 +5,9 @@ from adaptx.hyperparams import HyperparamsState, hyperparams, set_hyperparams, w
 from adaptx.moments import bias_correction, ema, trace
 from adaptx.optimizers import adadelta, adagrad, adam, adamax, adamw, nadam, rmsprop, sgd
 from adaptx.scaling import accumulate_squares, scale_by_adadelta, scale_by_rms
-from adaptx.transforms import add_decayed_weights, clip_by_global_norm, scale_by_learning_rate
+from adaptx.transforms import (
+    add_decayed_weights, clip_by_global_norm, scale, scale_by_inverse_time_decay, scale_by_learning_rate,
+)
 
 __version__ = "0.1.0"
 
@@ -15,6 +17,7 @@ __all__ = [
     "ema", "trace", "bias_correction",
     "scale_by_adam", "scale_by_adamax", "scale_by_nadam", "AdamState", "NadamState",
     "scale_by_learning_rate", "add_decayed_weights", "clip_by_global_norm",
+    "scale", "scale_by_inverse_time_decay",
     "with_hyperparams", "hyperparams", "set_hyperparams", "HyperparamsState",
     "sgd", "adagrad", "rmsprop", "adam", "adamw", "adadelta", "adamax", "nadam",
 ]

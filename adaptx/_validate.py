@@ -21,6 +21,15 @@ RANGES = {
     "initial_accumulator": (0.0, math.inf, True, False),
     "max_norm": (0.0, math.inf, False, False),
     "momentum_decay": (0.0, math.inf, True, False),
+    "decay_rate": (0.0, math.inf, True, False),
+    "dampening": (0.0, 1.0, True, True),
+    # torch.optim's names for the same quantities (adaptx.compat.torch).
+    "lr": (0.0, math.inf, True, False),
+    "lr_decay": (0.0, math.inf, True, False),
+    "alpha": (0.0, 1.0, True, False),
+    "beta1": (0.0, 1.0, True, False),
+    "beta2": (0.0, 1.0, True, False),
+    "initial_accumulator_value": (0.0, math.inf, True, False),
 }
 
 

@@ -41,6 +41,7 @@ def scale_by_adam(
     *,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
+    amsgrad_debiased_max: bool = False,
 ) -> GradientTransformation:
     """Adam's direction (Kingma & Ba, 2014, Algorithm 1).
 
@@ -50,7 +51,8 @@ def scale_by_adam(
 
     ``amsgrad`` (Reddi, Kale & Kumar, 2018) keeps v_max ← max(v_max, v) and
     uses v_max in place of v, the maximum taken before bias correction as in
-    torch.optim (optax takes it after).
+    torch.optim. ``amsgrad_debiased_max`` takes it after, as optax.amsgrad:
+    v̂_max ← max(v̂_max, v̂), so v_max holds bias-corrected values.
     """
     check_range("b1", b1)
     check_range("b2", b2)
@@ -68,8 +70,13 @@ def scale_by_adam(
             mu = nx.ema(mu, g, b1)
             g_nu = g.astype(nu.dtype)
             nu = nx.ema(nu, g_nu * g_nu, b2)
-            nu_max = None if nu_max is None else jnp.maximum(nu_max, nu)
-            nu_hat = nx.debias(nu if nu_max is None else nu_max, b2, count)
+            if nu_max is None:
+                nu_hat = nx.debias(nu, b2, count)
+            elif amsgrad_debiased_max:
+                nu_max = nu_hat = jnp.maximum(nu_max, nx.debias(nu, b2, count))
+            else:
+                nu_max = jnp.maximum(nu_max, nu)
+                nu_hat = nx.debias(nu_max, b2, count)
             eps_, eps_root_ = nx.as_dtype_of(nu_hat, eps, eps_root)
             mu_hat = nx.debias(mu, b1, count).astype(nu_hat.dtype)
             u = mu_hat / (nx.safe_sqrt(nu_hat + eps_root_) + eps_)

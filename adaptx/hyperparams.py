@@ -11,7 +11,7 @@ from adaptx.base import GradientTransformation
 
 
 # Decay rates whose complement 1 − β is kept beside them (see adaptx._numerics.Rate).
-RATES = ("decay", "b1", "b2", "rho")
+RATES = ("decay", "b1", "b2", "rho", "dampening", "alpha", "beta1", "beta2")
 
 
 class HyperparamsState(NamedTuple):
