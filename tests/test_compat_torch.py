@@ -255,3 +255,17 @@ def test_hyperparameters_are_settable_under_torchs_names():
     assert identical(moved, built)
     state = compat.Adam(betas=(0.8, 0.99)).init(params)
     assert sorted(adaptx.hyperparams(state)) == ["beta1", "beta2", "eps", "lr", "weight_decay"]
+
+
+def test_low_precision_params_keep_float32_moments():
+    """A deliberate difference: torch keeps Adam's moments in the param dtype, adaptx in float32."""
+    weight = torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16))
+    weight.grad = torch.ones(3, dtype=torch.bfloat16)
+    optimizer = torch.optim.Adam([weight], foreach=False)
+    optimizer.step()
+    assert optimizer.state[weight]["exp_avg"].dtype == torch.bfloat16
+    params = jnp.ones(3, jnp.bfloat16)
+    state = compat.Adam().init(params)
+    assert adaptx_state(state, "exp_avg").dtype == jnp.float32
+    updates, _ = compat.Adam().update(params, state, params)
+    assert updates.dtype == jnp.bfloat16

@@ -5,6 +5,7 @@ float32, hyperparameters drawn at random within their valid ranges; params
 must agree to 1e-5 relative deviation per leaf (see ``_parity.relative_deviation``).
 """
 import functools
+import inspect
 
 import jax.numpy as jnp
 import numpy as np
@@ -57,6 +58,8 @@ ADAM = {"learning_rate": LR, "b1": B1, "b2": B2, "eps": EPS}
 
 # (id, optax optimizer, the adaptx call that reproduces it, hyperparameters drawn at random).
 CASES = [
+    ("sgd-nesterov", functools.partial(optax.sgd, nesterov=True),
+     lambda h: adaptx.sgd(**h, nesterov=True), {"learning_rate": LR, "momentum": uniform(0.1, 0.99)}),
     ("adagrad", optax.adagrad, _adagrad,
      {"learning_rate": LR, "initial_accumulator_value": uniform(0.01, 1.0), "eps": EPS}),
     *[(f"rmsprop-{name}", functools.partial(optax.rmsprop, **options), _rmsprop(**options),
@@ -111,3 +114,39 @@ def test_optax_bias_correction_rounds_beta_to_float32(b2):
     float32_beta = 1.0 / (1.0 - float(np.float32(b2)))
     assert abs(theirs - float32_beta) / float32_beta < 1e-6
     assert abs(theirs - exact) / exact > 1e-5
+
+
+REQUIRED = inspect.Parameter.empty
+
+# The adaptx and optax defaults that docs/CONVENTIONS.md lists.
+DEFAULTS = [
+    ("adaptx.sgd", adaptx.sgd, {"learning_rate": REQUIRED, "momentum": 0.0, "nesterov": False}),
+    ("optax.sgd", optax.sgd, {"learning_rate": REQUIRED, "momentum": None, "nesterov": False}),
+    ("adaptx.adagrad", adaptx.adagrad,
+     {"learning_rate": REQUIRED, "initial_accumulator": 0.0, "eps": 1e-10}),
+    ("optax.adagrad", optax.adagrad,
+     {"learning_rate": REQUIRED, "initial_accumulator_value": 0.1, "eps": 1e-7}),
+    ("adaptx.rmsprop", adaptx.rmsprop, {"learning_rate": REQUIRED, "decay": 0.9, "eps": 1e-8,
+                                        "eps_in_sqrt": False, "centered": False, "momentum": 0.0}),
+    ("optax.rmsprop", optax.rmsprop, {"learning_rate": REQUIRED, "decay": 0.9, "eps": 1e-8,
+                                      "eps_in_sqrt": True, "initial_scale": 0.0, "centered": False,
+                                      "momentum": None}),
+    ("adaptx.adam", adaptx.adam,
+     {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "amsgrad": False}),
+    ("optax.adam", optax.adam, {"learning_rate": REQUIRED, "b1": 0.9, "b2": 0.999, "eps": 1e-8}),
+    ("adaptx.adamw", adaptx.adamw, {"learning_rate": 1e-3, "eps": 1e-8, "weight_decay": 1e-2}),
+    ("optax.adamw", optax.adamw, {"learning_rate": REQUIRED, "eps": 1e-8, "weight_decay": 1e-4}),
+    ("optax.amsgrad", optax.amsgrad, {"learning_rate": REQUIRED, "eps": 1e-8}),
+    ("adaptx.adadelta", adaptx.adadelta, {"learning_rate": 1.0, "rho": 0.9, "eps": 1e-6}),
+    ("optax.adadelta", optax.adadelta, {"learning_rate": None, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0}),
+    ("adaptx.adamax", adaptx.adamax, {"learning_rate": 2e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8}),
+    ("optax.adamax", optax.adamax, {"learning_rate": REQUIRED, "b1": 0.9, "b2": 0.999, "eps": 1e-8}),
+    ("adaptx.nadam", adaptx.nadam, {"learning_rate": 2e-3, "eps": 1e-8, "momentum_decay": 4e-3}),
+    ("optax.nadam", optax.nadam, {"learning_rate": REQUIRED, "eps": 1e-8, "nesterov": True}),
+]
+
+
+@pytest.mark.parametrize("name, optimizer, defaults", DEFAULTS, ids=[d[0] for d in DEFAULTS])
+def test_documented_defaults(name, optimizer, defaults):
+    parameters = inspect.signature(optimizer).parameters
+    assert {name: parameters[name].default for name in defaults} == defaults
