@@ -4,7 +4,12 @@ Both sides get the same precomputed gradients (not loss-dependent, so rounding
 differences do not feed back), 200 steps, over a pytree with a scalar and an
 empty leaf. Each case runs torch's defaults and two random hyperparameter
 draws through one compiled scan; params and the comparable state must agree to
-1e-5 elementwise relative deviation.
+1e-5, each leaf's largest error relative to its largest value
+(``_parity.relative_deviation``). Measured: at most 2.1e-6 on params and
+1.4e-6 on state. Plain SGD is bit-identical, and so are Adagrad's ``sum`` and
+Adamax's ``exp_inf`` at torch's defaults (BIT_IDENTICAL). Elsewhere torch's
+lerp, addcdiv and double-precision scalars round differently from adaptx's
+blocks, so exact equality is not expected.
 """
 import inspect
 

@@ -2,13 +2,15 @@
 
 ``Adam(lr=1e-3)`` here is ``torch.optim.Adam(params, lr=1e-3)`` without
 ``params``: call ``tx.init(params)``, then ``tx.update(grads, state, params)``
-(params are needed for ``weight_decay``). Each function chains public adaptx
-blocks in the order of torch 2.13's single-tensor code
-(torch/optim/<name>.py, ``_single_tensor_<name>``):
+(always with params: ``weight_decay`` is a settable hyperparameter even at 0).
+Each function chains public adaptx blocks in the order of torch 2.13's
+single-tensor code (torch/optim/<name>.py, ``_single_tensor_<name>``):
 
-    g ← −g  (maximize)  →  g ← g + λθ  (weight_decay)  →  scaling  →  u = −lr·d
+    g ← −g  (maximize)  →  g ← g + λθ  (weight_decay)  →  scaling d  →  u = −lr·d
 
-and tests/test_compat_torch.py checks every preset against torch itself.
+or, with decoupled weight decay (AdamW, ``decoupled_weight_decay=True``),
+scaling d → u = −lr·d → θ·(1 − lr·λ) rounded as torch rounds it.
+tests/test_compat_torch.py checks every preset against torch itself.
 
 Numeric arguments are traced state keyed by torch's names, ``betas`` split
 into ``beta1`` and ``beta2``: ``adaptx.set_hyperparams(state, lr=0.1)`` does
@@ -18,8 +20,9 @@ a schedule ``step -> lr`` (the part torch's LR schedulers play).
 Kernel options, accepted so that torch code ports unchanged:
 
 - ``foreach`` and ``fused`` pick torch's per-tensor, multi-tensor or fused
-  kernels, which compute the same update. XLA fuses the whole update by
-  itself, so they change nothing here.
+  kernels, which compute the same update up to rounding. XLA fuses the
+  whole update by itself, so they change nothing here; the numbers follow
+  the per-tensor kernels.
 - ``capturable`` (step counters on the device, for CUDA graphs) and
   ``differentiable`` (autograd through the step) describe what every adaptx
   update already is: its state is device arrays under ``jax.jit``, and
