@@ -9,8 +9,8 @@ from adaptx.moments import bias_correction, ema, trace
 from adaptx.optimizers import adadelta, adagrad, adam, adamax, adamw, nadam, rmsprop, sgd
 from adaptx.scaling import accumulate_squares, scale_by_adadelta, scale_by_rms
 from adaptx.transforms import (
-    add_decayed_weights, clip_by_global_norm, clip_by_norm, clip_by_value, scale_by_learning_rate,
-    unscale_gradients,
+    add_decayed_weights, clip_by_global_norm, clip_by_norm, clip_by_value, scale, scale_by_inverse_time_decay,
+    scale_by_learning_rate, unscale_gradients,
 )
 from adaptx import checkpoint, sharding, testing  # noqa: E402  (submodules: adaptx.testing.check_transformation, ...)
 
@@ -23,6 +23,7 @@ __all__ = [
     "scale_by_adam", "scale_by_adamax", "scale_by_nadam", "AdamState", "NadamState",
     "scale_by_learning_rate", "add_decayed_weights", "clip_by_global_norm",
     "clip_by_norm", "clip_by_value", "unscale_gradients",
+    "scale", "scale_by_inverse_time_decay",
     "with_hyperparams", "hyperparams", "set_hyperparams", "HyperparamsState",
     "sgd", "adagrad", "rmsprop", "adam", "adamw", "adadelta", "adamax", "nadam",
     "skip_nonfinite", "raise_if_gave_up", "all_finite", "SkipNonfiniteState",

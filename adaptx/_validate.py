@@ -23,6 +23,15 @@ RANGES = {
     "momentum_decay": (0.0, math.inf, True, False),
     "max_value": (0.0, math.inf, False, False),
     "loss_scale": (0.0, math.inf, False, False),
+    "decay_rate": (0.0, math.inf, True, False),
+    "dampening": (0.0, 1.0, True, True),
+    # torch.optim's names for the same quantities (adaptx.compat.torch).
+    "lr": (0.0, math.inf, True, False),
+    "lr_decay": (0.0, math.inf, True, False),
+    "alpha": (0.0, 1.0, True, False),
+    "beta1": (0.0, 1.0, True, False),
+    "beta2": (0.0, 1.0, True, False),
+    "initial_accumulator_value": (0.0, math.inf, True, False),
 }
 # The keras names adaptx.compat.keras stores hyperparameters under.
 RANGES.update(

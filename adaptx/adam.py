@@ -48,6 +48,7 @@ def scale_by_adam(
     power_bias: bool = False,
     mu_dtype: Optional[Any] = None,
     nu_dtype: Optional[Any] = None,
+    amsgrad_debiased_max: bool = False,
 ) -> GradientTransformation:
     """Adam's direction (Kingma & Ba, 2014, Algorithm 1).
 
@@ -57,7 +58,8 @@ def scale_by_adam(
 
     ``amsgrad`` (Reddi, Kale & Kumar, 2018) keeps v_max ← max(v_max, v) and
     uses v_max in place of v, the maximum taken before bias correction as in
-    torch.optim and keras (optax takes it after).
+    torch.optim and keras. ``amsgrad_debiased_max`` takes it after, as
+    optax.amsgrad: v̂_max ← max(v̂_max, v̂), so v_max holds bias-corrected values.
 
     ``eps_hat`` adds ε to the uncorrected √v, the paper's faster form (end of
     §2) that keras and TensorFlow use:
@@ -72,6 +74,11 @@ def scale_by_adam(
     check_range("b2", b2)
     check_range("eps", eps)
     check_range("eps_root", eps_root)
+    if eps_hat and amsgrad_debiased_max:
+        raise ValueError(
+            "eps_hat adds eps to the uncorrected sqrt(v), but amsgrad_debiased_max keeps a"
+            " bias-corrected maximum: choose one of them"
+        )
 
     def init(params):
         return AdamState(*_adam_init(params, mu_dtype, nu_dtype, amsgrad))
@@ -84,8 +91,14 @@ def scale_by_adam(
             mu = nx.ema(mu, g, b1)
             g_nu = g.astype(nu.dtype)
             nu = nx.ema(nu, g_nu * g_nu, b2)
-            nu_max = None if nu_max is None else jnp.maximum(nu_max, nu)
-            second = nu if nu_max is None else nu_max
+            if nu_max is None:
+                second, debiased = nu, False
+            elif amsgrad_debiased_max:
+                nu_max = jnp.maximum(nu_max, nx.debias(nu, b2, count, power_bias))
+                second, debiased = nu_max, True
+            else:
+                nu_max = jnp.maximum(nu_max, nu)
+                second, debiased = nu_max, False
             eps_, eps_root_ = nx.as_dtype_of(second, eps, eps_root)
             if eps_hat:
                 dt = second.dtype
@@ -93,7 +106,7 @@ def scale_by_adam(
                 step_size = jnp.sqrt(bias2) / bias1
                 u = mu.astype(dt) * step_size / (nx.safe_sqrt(second + eps_root_) + eps_)
             else:
-                nu_hat = nx.debias(second, b2, count, power_bias)
+                nu_hat = second if debiased else nx.debias(second, b2, count, power_bias)
                 mu_hat = nx.debias(mu, b1, count, power_bias).astype(nu_hat.dtype)
                 u = mu_hat / (nx.safe_sqrt(nu_hat + eps_root_) + eps_)
             return mu, nu, nu_max, u.astype(g.dtype)

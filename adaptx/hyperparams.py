@@ -11,7 +11,7 @@ from adaptx.base import GradientTransformation
 
 
 # Decay rates whose complement 1 − β is kept beside them (see adaptx._numerics.Rate).
-RATES = ("decay", "b1", "b2", "rho", "beta_1", "beta_2")
+RATES = ("decay", "b1", "b2", "rho", "dampening", "alpha", "beta1", "beta2", "beta_1", "beta_2")
 
 
 class HyperparamsState(NamedTuple):

@@ -13,6 +13,11 @@ class MomentState(NamedTuple):
     mu: Any
 
 
+class DampedMomentState(NamedTuple):
+    count: jax.Array  # steps taken: the first one seeds the buffer with the gradient
+    mu: Any
+
+
 class CountState(NamedTuple):
     count: jax.Array
 
@@ -39,7 +44,11 @@ def ema(decay: float, *, mu_dtype: Optional[Any] = None) -> GradientTransformati
 
 
 def trace(
-    decay: float, nesterov: bool = False, *, mu_dtype: Optional[Any] = None
+    decay: float,
+    nesterov: bool = False,
+    *,
+    mu_dtype: Optional[Any] = None,
+    dampening: Optional[float] = None,
 ) -> GradientTransformation:
     """Heavy-ball momentum (Polyak, 1964; Nesterov form per Sutskever et al., 2013).
 
@@ -47,23 +56,39 @@ def trace(
 
     with β = ``decay`` and m₀ = 0. This is torch.optim.SGD's buffer with
     ``dampening=0`` and optax's ``trace``.
+
+    ``dampening`` τ gives torch.optim.SGD's damped buffer, which starts at the
+    first gradient rather than at zero (so τ does not touch step 1):
+
+        m₁ = g₁,    m ← β·m + (1 − τ)·g
     """
     check_range("decay", decay)
+    if dampening is not None:
+        check_range("dampening", dampening)
 
     def init(params):
-        return MomentState(nx.zeros_like_tree(params, mu_dtype))
+        mu = nx.zeros_like_tree(params, mu_dtype)
+        return MomentState(mu) if dampening is None else DampedMomentState(jnp.zeros([], jnp.int32), mu)
 
     def update(updates, state, params=None):
         check_tree_match(updates, state.mu, "momentum buffer")
+        first = dampening is not None and state.count == 0
 
         def step(m, g):
-            beta = jnp.asarray(decay, m.dtype)
-            m = beta * m + g.astype(m.dtype)
-            u = g.astype(m.dtype) + beta * m if nesterov else m
+            beta = jnp.asarray(nx.rate_value(decay), m.dtype)
+            g_m = g.astype(m.dtype)
+            if dampening is None:
+                m = beta * m + g_m
+            else:
+                undamped = jnp.asarray(nx.split_rate(dampening).complement, m.dtype)
+                m = jnp.where(first, g_m, beta * m + undamped * g_m)
+            u = g_m + beta * m if nesterov else m
             return m, u.astype(g.dtype)
 
         mu, out = nx.unzip(jax.tree.map(step, state.mu, updates), updates)
-        return out, MomentState(mu)
+        if dampening is None:
+            return out, MomentState(mu)
+        return out, DampedMomentState(nx.increment(state.count), mu)
 
     return GradientTransformation(init, update)
 

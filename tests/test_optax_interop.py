@@ -5,7 +5,6 @@ one after the other by hand; both run eagerly, op by op, so equal numbers
 mean the chain did exactly the same arithmetic.
 """
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -41,12 +40,12 @@ def by_hand(*txs):
 
 CHAINS = {
     "adaptx-adam-in-optax-chain": (optax.chain, lambda: (optax.clip_by_global_norm(1.0), adaptx.adam(0.01))),
-    "adaptx-blocks-in-optax-chain": (
-        optax.chain, lambda: (adaptx.scale_by_rms(0.9, centered=True), optax.trace(0.9), adaptx.scale_by_learning_rate(0.01))),
+    "adaptx-blocks-in-optax-chain": (optax.chain, lambda: (
+        adaptx.scale_by_rms(0.9, centered=True), optax.trace(0.9), adaptx.scale_by_learning_rate(0.01))),
     "optax-clip-in-adaptx-chain": (
         adaptx.chain, lambda: (optax.clip_by_global_norm(1.0), adaptx.rmsprop(0.01, momentum=0.9))),
-    "optax-adam-in-adaptx-chain": (
-        adaptx.chain, lambda: (optax.scale_by_adam(), adaptx.add_decayed_weights(0.1), adaptx.scale_by_learning_rate(0.01))),
+    "optax-adam-in-adaptx-chain": (adaptx.chain, lambda: (
+        optax.scale_by_adam(), adaptx.add_decayed_weights(0.1), adaptx.scale_by_learning_rate(0.01))),
 }
 
 
@@ -58,7 +57,8 @@ def test_chain_across_libraries_equals_the_transformations_applied_by_hand(name)
 
 def test_apply_updates_agree():
     updates = run(adaptx.adam(0.1))[-1]
-    jax.tree.map(np.testing.assert_array_equal, adaptx.apply_updates(PARAMS, updates), optax.apply_updates(PARAMS, updates))
+    ours, theirs = adaptx.apply_updates(PARAMS, updates), optax.apply_updates(PARAMS, updates)
+    jax.tree.map(np.testing.assert_array_equal, ours, theirs)
 
 
 # Where the two libraries implement the same equation, as the optimizers' docstrings say:

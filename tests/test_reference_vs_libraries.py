@@ -78,7 +78,8 @@ OPTAX = {
 def problem(name):
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     params = jax.tree.leaves(random_params(rng, np.float64))
-    return draw(rng), [np.asarray(p) for p in params], jax.tree.leaves(gradient_sequence(params, STEPS, rng, np.float64))
+    values = draw(rng)
+    return values, params, jax.tree.leaves(gradient_sequence(params, STEPS, rng, np.float64))
 
 
 def assert_close(name, actual, expected):
@@ -119,10 +120,10 @@ def test_reference_matches_optax(name):
     with jax.enable_x64(True):
         values, params, grads = problem(name)
         tx, model = make_optax(values), make_reference(params, values)
-        state, actual, expected = tx.init(params), [], []
+        state, update, actual, expected = tx.init(params), jax.jit(tx.update), [], []
         for t in range(STEPS):
             step_grads = [np.asarray(g[t]) for g in grads]
-            updates, state = tx.update(step_grads, state, params)
+            updates, state = update(step_grads, state, params)
             actual.append(jax.device_get(updates))
             expected.append(model.step(step_grads, params))
     assert_close(name, actual, expected)

@@ -1,0 +1,241 @@
+"""torch.optim's optimizers as adaptx transformations: its argument names, defaults and numbers.
+
+``Adam(lr=1e-3)`` here is ``torch.optim.Adam(params, lr=1e-3)`` without
+``params``: call ``tx.init(params)``, then ``tx.update(grads, state, params)``
+(always with params: ``weight_decay`` is a settable hyperparameter even at 0).
+Each function chains public adaptx blocks in the order of torch 2.13's
+single-tensor code (torch/optim/<name>.py, ``_single_tensor_<name>``):
+
+    g ← −g  (maximize)  →  g ← g + λθ  (weight_decay)  →  scaling d  →  u = −lr·d
+
+or, with decoupled weight decay (AdamW, ``decoupled_weight_decay=True``),
+scaling d → u = −lr·d → θ·(1 − lr·λ) rounded as torch rounds it.
+tests/test_compat_torch.py checks every preset against torch itself.
+
+Numeric arguments are traced state keyed by torch's names, ``betas`` split
+into ``beta1`` and ``beta2``: ``adaptx.set_hyperparams(state, lr=0.1)`` does
+what ``param_group["lr"] = 0.1`` does, without recompiling. ``lr`` may also be
+a schedule ``step -> lr`` (the part torch's LR schedulers play).
+
+Kernel options, accepted so that torch code ports unchanged:
+
+- ``foreach`` and ``fused`` pick torch's per-tensor, multi-tensor or fused
+  kernels, which compute the same update up to rounding. XLA fuses the
+  whole update by itself, so they change nothing here; the numbers follow
+  the per-tensor kernels.
+- ``capturable`` (step counters on the device, for CUDA graphs) and
+  ``differentiable`` (autograd through the step) describe what every adaptx
+  update already is: its state is device arrays under ``jax.jit``, and
+  ``jax.grad`` differentiates through ``update``, including with respect to
+  the hyperparameters in the state. Both values are therefore accepted.
+
+Differences kept on purpose: decay rates (``momentum``, ``alpha``, ``rho``,
+``betas``) must lie in [0, 1), which torch checks only partly; accumulators of
+bfloat16/float16 params are float32 (torch keeps the param dtype).
+"""
+from typing import Any
+
+from adaptx._validate import check_range, concrete
+from adaptx.adam import scale_by_adam, scale_by_adamax, scale_by_nadam
+from adaptx.base import GradientTransformation, chain, identity
+from adaptx.hyperparams import with_hyperparams
+from adaptx.moments import trace
+from adaptx.scaling import accumulate_squares, scale_by_adadelta, scale_by_rms
+from adaptx.transforms import (
+    add_decayed_weights, scale, scale_by_inverse_time_decay, scale_by_learning_rate,
+)
+
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adadelta", "Adamax", "NAdam"]
+
+BETAS = (0.9, 0.999)
+
+
+def _torch_order(maximize, weight_decay, scaling, lr, decoupled=False) -> GradientTransformation:
+    """torch's step: negate (maximize), L2 into g, scaling, −lr; or, decoupled, θ·(1 − lr·λ) last."""
+    if decoupled:
+        blocks = [scaling, scale_by_learning_rate(lr), add_decayed_weights(weight_decay, learning_rate=lr, multiplicative=True)]
+    else:
+        blocks = [add_decayed_weights(weight_decay), scaling, scale_by_learning_rate(lr)]
+    return chain(*([scale(-1.0)] if maximize else []), *blocks)
+
+
+def _check(betas=None, **values) -> tuple:
+    """Range-check ``values`` under torch's names; return ``betas`` as (beta1, beta2)."""
+    for name, value in values.items():
+        check_range(name, value)
+    if betas is None:
+        return ()
+    beta1, beta2 = betas
+    check_range("betas[0]", beta1, "beta1")
+    check_range("betas[1]", beta2, "beta2")
+    return beta1, beta2
+
+
+def _check_kernel_options(foreach=None, fused=None, capturable=False, differentiable=False) -> None:
+    """Reject what torch rejects; the values themselves change nothing (see the module docstring)."""
+    for name, value, optional in (("foreach", foreach, True), ("fused", fused, True),
+                                  ("capturable", capturable, False),
+                                  ("differentiable", differentiable, False)):
+        if not (isinstance(value, bool) or (optional and value is None)):
+            raise TypeError(f"{name} must be True or False{' or None' if optional else ''}, got {value!r}")
+    if fused and foreach:
+        raise ValueError("fused and foreach cannot both be True (as in torch.optim); pass at most one")
+    if fused and differentiable:
+        raise ValueError("fused does not support differentiable (as in torch.optim); drop fused")
+
+
+def _has_momentum(momentum: Any) -> bool:
+    """torch keeps a momentum buffer only for momentum > 0; a traced momentum gets one."""
+    value = concrete(momentum)
+    return value is None or bool(value > 0)
+
+
+def SGD(lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *, maximize=False,
+        foreach=None, differentiable=False, fused=None) -> GradientTransformation:
+    """torch.optim.SGD: gradient descent with L2 weight decay and (damped or Nesterov) momentum.
+
+        g ← g + λθ,    b₁ = g₁,    b ← μ·b + (1 − τ)·g,    θ ← θ − lr·b
+        (θ ← θ − lr·(g + μ·b) with nesterov; θ ← θ − lr·g when μ = 0)
+
+    μ = ``momentum``, τ = ``dampening``; the buffer starts at the first gradient,
+    so dampening first acts on step 2 (``adaptx.trace(..., dampening=τ)``).
+    """
+    _check_kernel_options(foreach, fused, False, differentiable)
+    _check(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
+    damped = concrete(dampening)
+    if nesterov and (not _has_momentum(momentum) or (damped is not None and damped != 0)):
+        raise ValueError("nesterov momentum requires momentum > 0 and dampening = 0 (as in torch.optim)")
+
+    def build(lr, weight_decay, momentum=None, dampening=None):
+        buffer = identity() if momentum is None else trace(momentum, nesterov, dampening=dampening)
+        return _torch_order(maximize, weight_decay, buffer, lr)
+
+    values = dict(lr=lr, weight_decay=weight_decay)
+    if _has_momentum(momentum):
+        values.update(momentum=momentum, dampening=dampening)
+    return with_hyperparams(build, **values)
+
+
+def Adagrad(lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
+            foreach=None, *, maximize=False, differentiable=False, fused=None) -> GradientTransformation:
+    """torch.optim.Adagrad: G₀ = ``initial_accumulator_value``, ε outside the root, inverse-time decay.
+
+        g ← g + λθ,    G ← G + g²,    θ ← θ − lr/(1 + (t − 1)·lr_decay) · g / (√G + ε)
+
+    ``initial_accumulator_value`` only shapes the initial state, so it is a
+    construction argument, not a settable hyperparameter.
+    """
+    _check_kernel_options(foreach, fused, False, differentiable)
+    _check(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+           initial_accumulator_value=initial_accumulator_value, eps=eps)
+
+    def build(lr, lr_decay, weight_decay, eps):
+        scaling = chain(accumulate_squares(eps, initial_accumulator_value),
+                        scale_by_inverse_time_decay(lr_decay))
+        return _torch_order(maximize, weight_decay, scaling, lr)
+
+    return with_hyperparams(build, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps)
+
+
+def RMSprop(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False,
+            capturable=False, foreach=None, maximize=False, differentiable=False) -> GradientTransformation:
+    """torch.optim.RMSprop: decay α = 0.99, ε outside the root, momentum on the scaled gradient.
+
+        g ← g + λθ,    v ← α·v + (1 − α)·g²,    d = g / (√v + ε)      (√(v − m²) + ε if centered)
+        b ← μ·b + d,    θ ← θ − lr·b                                   (θ ← θ − lr·d when μ = 0)
+    """
+    _check_kernel_options(foreach, None, capturable, differentiable)
+    _check(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum)
+
+    def build(lr, alpha, eps, weight_decay, momentum=None):
+        scaling = chain(scale_by_rms(alpha, eps, eps_in_sqrt=False, centered=centered),
+                        identity() if momentum is None else trace(momentum))
+        return _torch_order(maximize, weight_decay, scaling, lr)
+
+    values = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay)
+    if _has_momentum(momentum):
+        values["momentum"] = momentum
+    return with_hyperparams(build, **values)
+
+
+def Adam(lr=1e-3, betas=BETAS, eps=1e-8, weight_decay=0, amsgrad=False, *, foreach=None,
+         maximize=False, capturable=False, differentiable=False, fused=None,
+         decoupled_weight_decay=False) -> GradientTransformation:
+    """torch.optim.Adam: ε added to √v̂, AMSGrad's maximum taken over the raw v.
+
+        g ← g + λθ,    m̂ = EMA_β₁(g)/(1 − β₁ᵗ),    v̂ = EMA_β₂(g²)/(1 − β₂ᵗ),    θ ← θ − lr·m̂/(√v̂ + ε)
+
+    With ``decoupled_weight_decay`` the decay skips the moments instead:
+    θ ← θ − lr·(m̂/(√v̂ + ε) + λθ), which is :func:`AdamW`.
+    """
+    _check_kernel_options(foreach, fused, capturable, differentiable)
+    beta1, beta2 = _check(betas, lr=lr, eps=eps, weight_decay=weight_decay)
+
+    def build(lr, beta1, beta2, eps, weight_decay):
+        scaling = scale_by_adam(beta1, beta2, eps, amsgrad=amsgrad)
+        return _torch_order(maximize, weight_decay, scaling, lr, decoupled_weight_decay)
+
+    return with_hyperparams(build, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
+
+
+def AdamW(lr=1e-3, betas=BETAS, eps=1e-8, weight_decay=1e-2, amsgrad=False, *, maximize=False,
+          foreach=None, capturable=False, differentiable=False, fused=None) -> GradientTransformation:
+    """torch.optim.AdamW: :func:`Adam` with ``decoupled_weight_decay=True`` and λ = 0.01.
+
+        θ ← θ − lr·(m̂/(√v̂ + ε) + λθ)      (torch: θ ← θ·(1 − lr·λ), then the Adam step)
+    """
+    return Adam(lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
+                capturable=capturable, differentiable=differentiable, fused=fused,
+                decoupled_weight_decay=True)
+
+
+def Adadelta(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, foreach=None, *, capturable=False,
+             maximize=False, differentiable=False) -> GradientTransformation:
+    """torch.optim.Adadelta: Zeiler's unit-corrected step, times a learning rate (default 1).
+
+        g ← g + λθ,    E[g²] ← ρ·E[g²] + (1 − ρ)·g²,    Δ = √(E[Δ²] + ε)/√(E[g²] + ε)·g
+        E[Δ²] ← ρ·E[Δ²] + (1 − ρ)·Δ²,    θ ← θ − lr·Δ
+    """
+    _check_kernel_options(foreach, None, capturable, differentiable)
+    _check(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay)
+
+    def build(lr, rho, eps, weight_decay):
+        return _torch_order(maximize, weight_decay, scale_by_adadelta(rho, eps), lr)
+
+    return with_hyperparams(build, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay)
+
+
+def Adamax(lr=2e-3, betas=BETAS, eps=1e-8, weight_decay=0, foreach=None, *, maximize=False,
+           differentiable=False, capturable=False) -> GradientTransformation:
+    """torch.optim.Adamax: ε inside the max.
+
+        g ← g + λθ,    m ← EMA_β₁(g),    u ← max(β₂·u, |g| + ε),    θ ← θ − lr/(1 − β₁ᵗ)·m/u
+    """
+    _check_kernel_options(foreach, None, capturable, differentiable)
+    beta1, beta2 = _check(betas, lr=lr, eps=eps, weight_decay=weight_decay)
+
+    def build(lr, beta1, beta2, eps, weight_decay):
+        return _torch_order(maximize, weight_decay, scale_by_adamax(beta1, beta2, eps), lr)
+
+    return with_hyperparams(build, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
+
+
+def NAdam(lr=2e-3, betas=BETAS, eps=1e-8, weight_decay=0, momentum_decay=4e-3,
+          decoupled_weight_decay=False, *, foreach=None, maximize=False, capturable=False,
+          differentiable=False) -> GradientTransformation:
+    """torch.optim.NAdam: Dozat's warming momentum schedule μₜ = β₁·(1 − ½·0.96^(t·ψ)).
+
+        θ ← θ − lr·(μₜ₊₁·m/(1 − ∏ᵢ₌₁ᵗ⁺¹ μᵢ) + (1 − μₜ)·g/(1 − ∏ᵢ₌₁ᵗ μᵢ)) / (√(v/(1 − β₂ᵗ)) + ε)
+
+    with ψ = ``momentum_decay`` (see :func:`adaptx.scale_by_nadam`); weight decay
+    is L2 into g, or θ·(1 − lr·λ) with ``decoupled_weight_decay`` (NAdamW).
+    """
+    _check_kernel_options(foreach, None, capturable, differentiable)
+    beta1, beta2 = _check(betas, lr=lr, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay)
+
+    def build(lr, beta1, beta2, eps, weight_decay, momentum_decay):
+        scaling = scale_by_nadam(beta1, beta2, eps, momentum_decay)
+        return _torch_order(maximize, weight_decay, scaling, lr, decoupled_weight_decay)
+
+    return with_hyperparams(build, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                            weight_decay=weight_decay, momentum_decay=momentum_decay)

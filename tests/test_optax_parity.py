@@ -1,0 +1,152 @@
+"""adaptx blocks and aliases, with the matching options, reproduce optax's optimizers.
+
+Same precomputed gradients on both sides (magnitudes 1e-6..1e3), 200 steps,
+float32, hyperparameters drawn at random within their valid ranges; params
+must agree to 1e-5 relative deviation per leaf (see ``_parity.relative_deviation``).
+"""
+import functools
+import inspect
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import adaptx
+from adaptx import _numerics
+from _parity import log_uniform, random_grads, random_params, relative_deviation, trajectory, uniform
+
+TOLERANCE = 1e-5
+
+LR, EPS = log_uniform(1e-4, 1e-1), log_uniform(1e-10, 1e-3)
+# β₂ up to 0.999 only: beyond it optax's float32 bias correction itself is off by more
+# than the tolerance (test_optax_bias_correction_rounds_beta_to_float32).
+DECAY, B1, B2 = uniform(0.5, 0.999), uniform(0.0, 0.99), uniform(0.9, 0.999)
+
+
+def _adagrad(h):
+    return adaptx.chain(
+        adaptx.accumulate_squares(h["eps"], h["initial_accumulator_value"], eps_in_sqrt=True),
+        adaptx.scale_by_learning_rate(h["learning_rate"]),
+    )
+
+
+def _rmsprop(**options):
+    def build(h):
+        return adaptx.rmsprop(h["learning_rate"], h["decay"], h["eps"], momentum=h.get("momentum", 0.0),
+                              **options)
+
+    return build
+
+
+def _amsgrad(h):
+    return adaptx.chain(
+        adaptx.scale_by_adam(h["b1"], h["b2"], h["eps"], amsgrad=True, amsgrad_debiased_max=True),
+        adaptx.scale_by_learning_rate(h["learning_rate"]),
+    )
+
+
+def _adadelta(h):
+    return adaptx.chain(
+        adaptx.add_decayed_weights(h["weight_decay"]),
+        adaptx.scale_by_adadelta(h["rho"], h["eps"]),
+        adaptx.scale_by_learning_rate(h["learning_rate"]),
+    )
+
+
+ADAM = {"learning_rate": LR, "b1": B1, "b2": B2, "eps": EPS}
+
+# (id, optax optimizer, the adaptx call that reproduces it, hyperparameters drawn at random).
+CASES = [
+    ("sgd-nesterov", functools.partial(optax.sgd, nesterov=True),
+     lambda h: adaptx.sgd(**h, nesterov=True), {"learning_rate": LR, "momentum": uniform(0.1, 0.99)}),
+    ("adagrad", optax.adagrad, _adagrad,
+     {"learning_rate": LR, "initial_accumulator_value": uniform(0.01, 1.0), "eps": EPS}),
+    *[(f"rmsprop-{name}", functools.partial(optax.rmsprop, **options), _rmsprop(**options),
+       {"learning_rate": LR, "decay": DECAY, "eps": EPS,
+        **({"momentum": uniform(0.1, 0.99)} if "nesterov" in options else {})})
+      for name, options in [
+          ("eps_in_sqrt", {"eps_in_sqrt": True}),
+          ("eps_outside", {"eps_in_sqrt": False}),
+          ("centered-eps_in_sqrt", {"eps_in_sqrt": True, "centered": True}),
+          ("centered-eps_outside-momentum", {"eps_in_sqrt": False, "centered": True, "nesterov": False}),
+          ("eps_in_sqrt-nesterov", {"eps_in_sqrt": True, "nesterov": True}),
+      ]],
+    ("adam", optax.adam, lambda h: adaptx.adam(**h), ADAM),
+    ("adamw", optax.adamw, lambda h: adaptx.adamw(**h), {**ADAM, "weight_decay": log_uniform(1e-4, 1e-1)}),
+    ("amsgrad", optax.amsgrad, _amsgrad, ADAM),
+    ("adamax", optax.adamax, lambda h: adaptx.adamax(**h), ADAM),
+    ("nadam", optax.nadam, lambda h: adaptx.nadam(**h, momentum_decay=None), ADAM),
+    ("adadelta", optax.adadelta, _adadelta,
+     {"learning_rate": log_uniform(0.1, 2.0), "rho": uniform(0.5, 0.99), "eps": EPS,
+      "weight_decay": log_uniform(1e-4, 1e-1)}),
+]
+
+
+@pytest.fixture(scope="module")
+def problem():
+    rng = np.random.default_rng(1618)
+    params = random_params(rng)
+    return params, random_grads(rng, params)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_reproduces_optax(case, problem):
+    name, reference, ours, space = case
+    rng = np.random.default_rng(CASES.index(case))
+    h = {k: sample(rng) for k, sample in space.items()}
+    want, _ = trajectory(("optax", name), reference(**h), *problem)
+    got, _ = trajectory(("adaptx-for-optax", name), ours(h), *problem)
+    assert relative_deviation(got, want) <= TOLERANCE, h
+
+
+@pytest.mark.parametrize("b2", [0.999, 0.9999])
+def test_optax_bias_correction_rounds_beta_to_float32(b2):
+    """optax divides by 1 − β^t computed in float32 from β rounded to float32; adaptx (like
+    torch, in double) divides by 1 − β^t to a few ulp. At β₂ = 0.9999, t = 1 optax's divisor
+    is off by 1.7e-4 relative, which moves Adam's params by up to ~6e-5 over 200 steps at lr 0.1."""
+    nu = jnp.ones([], jnp.float32)
+    count = jnp.ones([], jnp.int32)
+    exact = 1.0 / (1.0 - b2)
+    ours = float(_numerics.debias(nu, b2, count))
+    theirs = float(optax.tree.bias_correction(nu, b2, count))
+    assert abs(ours - exact) / exact < 1e-6
+    float32_beta = 1.0 / (1.0 - float(np.float32(b2)))
+    assert abs(theirs - float32_beta) / float32_beta < 1e-6
+    assert abs(theirs - exact) / exact > 1e-5
+
+
+REQUIRED = inspect.Parameter.empty
+
+# The adaptx and optax defaults that docs/CONVENTIONS.md lists.
+DEFAULTS = [
+    ("adaptx.sgd", adaptx.sgd, {"learning_rate": REQUIRED, "momentum": 0.0, "nesterov": False}),
+    ("optax.sgd", optax.sgd, {"learning_rate": REQUIRED, "momentum": None, "nesterov": False}),
+    ("adaptx.adagrad", adaptx.adagrad,
+     {"learning_rate": REQUIRED, "initial_accumulator": 0.0, "eps": 1e-10}),
+    ("optax.adagrad", optax.adagrad,
+     {"learning_rate": REQUIRED, "initial_accumulator_value": 0.1, "eps": 1e-7}),
+    ("adaptx.rmsprop", adaptx.rmsprop, {"learning_rate": REQUIRED, "decay": 0.9, "eps": 1e-8,
+                                        "eps_in_sqrt": False, "centered": False, "momentum": 0.0}),
+    ("optax.rmsprop", optax.rmsprop, {"learning_rate": REQUIRED, "decay": 0.9, "eps": 1e-8,
+                                      "eps_in_sqrt": True, "initial_scale": 0.0, "centered": False,
+                                      "momentum": None}),
+    ("adaptx.adam", adaptx.adam,
+     {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "amsgrad": False}),
+    ("optax.adam", optax.adam, {"learning_rate": REQUIRED, "b1": 0.9, "b2": 0.999, "eps": 1e-8}),
+    ("adaptx.adamw", adaptx.adamw, {"learning_rate": 1e-3, "eps": 1e-8, "weight_decay": 1e-2}),
+    ("optax.adamw", optax.adamw, {"learning_rate": REQUIRED, "eps": 1e-8, "weight_decay": 1e-4}),
+    ("optax.amsgrad", optax.amsgrad, {"learning_rate": REQUIRED, "eps": 1e-8}),
+    ("adaptx.adadelta", adaptx.adadelta, {"learning_rate": 1.0, "rho": 0.9, "eps": 1e-6}),
+    ("optax.adadelta", optax.adadelta, {"learning_rate": None, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0}),
+    ("adaptx.adamax", adaptx.adamax, {"learning_rate": 2e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8}),
+    ("optax.adamax", optax.adamax, {"learning_rate": REQUIRED, "b1": 0.9, "b2": 0.999, "eps": 1e-8}),
+    ("adaptx.nadam", adaptx.nadam, {"learning_rate": 2e-3, "eps": 1e-8, "momentum_decay": 4e-3}),
+    ("optax.nadam", optax.nadam, {"learning_rate": REQUIRED, "eps": 1e-8, "nesterov": True}),
+]
+
+
+@pytest.mark.parametrize("name, optimizer, defaults", DEFAULTS, ids=[d[0] for d in DEFAULTS])
+def test_documented_defaults(name, optimizer, defaults):
+    parameters = inspect.signature(optimizer).parameters
+    assert {name: parameters[name].default for name in defaults} == defaults
