@@ -121,8 +121,9 @@ def test_examples_run(capsys):
 
 def test_readme_python_blocks_run_in_order():
     readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
-    assert len(blocks) == 2
+    # The first two blocks (a training step, a sweep) are whole programs; later ones are fragments.
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)[:2]
+    assert "def train" in blocks[1] or "vmap" in blocks[1]
     namespace = {}
     for block in blocks:
         exec(compile(block, "README.md", "exec"), namespace)
