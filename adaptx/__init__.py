@@ -3,8 +3,11 @@ from adaptx.adam import AdamState, NadamState, scale_by_adam, scale_by_adamax, s
 from adaptx.base import EmptyState, GradientTransformation, apply_updates, chain, identity
 from adaptx.hyperparams import HyperparamsState, hyperparams, set_hyperparams, with_hyperparams
 from adaptx.moments import bias_correction, ema, trace
+from adaptx.monitor import LeafDiagnostics, MonitorState, monitor, monitor_stats
 from adaptx.optimizers import adadelta, adagrad, adam, adamax, adamw, nadam, rmsprop, sgd
 from adaptx.scaling import accumulate_squares, scale_by_adadelta, scale_by_rms
+from adaptx.sweep import grid, sweep
+from adaptx.sweep_result import SweepResult
 from adaptx.transforms import add_decayed_weights, clip_by_global_norm, scale_by_learning_rate
 
 __version__ = "0.1.0"
@@ -17,4 +20,6 @@ __all__ = [
     "scale_by_learning_rate", "add_decayed_weights", "clip_by_global_norm",
     "with_hyperparams", "hyperparams", "set_hyperparams", "HyperparamsState",
     "sgd", "adagrad", "rmsprop", "adam", "adamw", "adadelta", "adamax", "nadam",
+    "sweep", "grid", "SweepResult",
+    "monitor", "monitor_stats", "MonitorState", "LeafDiagnostics",
 ]
