@@ -43,6 +43,8 @@ def sweep(
     *,
     steps: int,
     batch_fn: Optional[Callable[[Any, jax.Array], Any]] = None,
+    record: Optional[Callable[[Any, Any], Any]] = None,
+    record_every: int = 1,
     chunk_size: Optional[int] = None,
     scan_steps: Optional[int] = None,
     progress: bool = True,
@@ -70,18 +72,22 @@ def sweep(
       steps: training steps per setting.
       batch_fn: ``(data, step) -> batch``, traced inside jit, to draw a
         minibatch for step ``step`` (e.g. with ``jax.random.fold_in``).
+      record: ``(params, opt_state) -> pytree``, traced inside jit and kept
+        every ``record_every`` steps: test accuracy, or
+        :func:`adaptx.monitor_stats` of a monitored ``tx``.
+      record_every: steps between records; must divide ``steps``.
       chunk_size: run at most this many settings at a time, to bound memory
         (each holds its own params and state); the last chunk is padded, so
         every chunk reuses one compiled program. Default: all at once.
-      scan_steps: steps per jitted scan; the progress bar moves between
-        scans. Default: a divisor of ``steps`` near ``steps / 20`` with
-        ``progress``, else ``steps``.
+      scan_steps: steps per jitted scan, a multiple of ``record_every``; the
+        progress bar moves between scans. Default: a divisor of ``steps``
+        near ``steps / 20`` with ``progress``, else ``steps``.
       progress: show a tqdm bar over steps.
 
     Returns:
       A :class:`SweepResult`: ``losses`` (settings × steps), ``final_loss``,
-      the final ``params`` stacked on a leading settings axis, and a table
-      (``rows()``, ``to_markdown()``, ``best()``).
+      the final ``params`` and the ``records`` with a leading settings axis,
+      and a table (``rows()``, ``to_markdown()``, ``best()``).
 
     Example::
 
@@ -98,61 +104,84 @@ def sweep(
         result.final_loss.reshape(3, 2)     # learning rate × b1
     """
     settings = _as_list(settings)
-    if steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps}")
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
+    _check_positive(steps=steps, record_every=record_every, chunk_size=chunk_size or 1, scan_steps=scan_steps or 1)
+    for name, value in (("steps", steps), ("scan_steps", scan_steps or record_every)):
+        if value % record_every:
+            raise ValueError(f"{name}={value} must be a multiple of record_every={record_every}")
+    blocks = steps // record_every
+    per_scan = (scan_steps or 0) // record_every or (_default_scan_steps(blocks) if progress else blocks)
+    lengths = _scan_lengths(blocks, per_scan)
     chunk_size = min(chunk_size or len(settings), len(settings))
-    lengths = _scan_lengths(steps, scan_steps or (_default_scan_steps(steps) if progress else steps))
     run = functools.partial(
-        _train_chunk, loss_fn=loss_fn, tx=tx, batch_fn=batch_fn or _whole
+        _train_chunk, loss_fn=loss_fn, tx=tx, batch_fn=batch_fn or _whole, record=record,
+        record_every=record_every,
     )
 
     base = tx.init(params)
-    chunks = [settings[i:i + chunk_size] for i in range(0, len(settings), chunk_size)]
-    losses, finals, finished = [], [], []
-    with tqdm(total=steps * len(chunks), unit="step", disable=not progress, desc="sweep") as bar:
-        for k, chunk in enumerate(chunks):
-            bar.set_postfix_str(f"settings {k * chunk_size + 1}-{k * chunk_size + len(chunk)} of {len(settings)}")
+    outcomes = []
+    with tqdm(total=steps * math.ceil(len(settings) / chunk_size), unit="step", disable=not progress, desc="sweep") as bar:
+        for first in range(0, len(settings), chunk_size):
+            chunk = settings[first:first + chunk_size]
+            bar.set_postfix_str(f"settings {first + 1}-{first + len(chunk)} of {len(settings)}")
             padded = chunk + chunk[-1:] * (chunk_size - len(chunk))
-            chunk_params, state = _replicas(params, [set_hyperparams(base, **s) for s in padded])
-            curves, start = [], 0
+            carry = _replicas(params, [set_hyperparams(base, **s) for s in padded])
+            scans, start = [], 0
             for length in lengths:
-                chunk_params, state, curve, final = run(chunk_params, state, data, start, length=length)
-                curves.append(np.asarray(curve))  # waits for the scan, so the bar is honest
-                start += length
-                bar.update(length)
-            keep = slice(0, len(chunk))
-            losses.append(np.concatenate(curves, axis=1)[keep])
-            finals.append(np.asarray(final)[keep])
-            finished.append(jax.tree.map(lambda p: np.asarray(p)[keep], chunk_params))
+                *carry, losses, records, final = run(*carry, data, start, length=length)
+                # Fetching waits for the scan, so the bar moves with the computation.
+                scans.append(jax.device_get((losses, records)))
+                start += length * record_every
+                bar.update(length * record_every)
+            losses, records = _concatenate(scans, axis=1)
+            outcome = (losses, records, final, carry[0])
+            outcomes.append(jax.tree.map(lambda x: np.asarray(x)[:len(chunk)], outcome))
 
+    losses, records, final, params = _concatenate(outcomes, axis=0)
     return SweepResult(
         settings=settings,
         hyperparams=_swept_values(base, settings),
-        losses=np.concatenate(losses),
-        final_loss=np.concatenate(finals),
-        params=jax.tree.map(lambda *ps: np.concatenate(ps), *finished),
+        losses=losses,
+        final_loss=final,
+        params=params,
+        records=records if record is not None else None,
+        record_steps=np.arange(1, blocks + 1) * record_every,
     )
 
 
 @functools.partial(
-    jax.jit, static_argnames=("loss_fn", "tx", "batch_fn", "length"), donate_argnames=("params", "state")
+    jax.jit,
+    static_argnames=("loss_fn", "tx", "batch_fn", "record", "record_every", "length"),
+    donate_argnames=("params", "state"),
 )
-def _train_chunk(params, state, data, start, *, loss_fn, tx, batch_fn, length):
-    """``length`` steps of every setting: params and state carry a leading settings axis."""
-    def train(params, state):
-        def step(carry, t):
-            params, state = carry
-            loss, grads = jax.value_and_grad(loss_fn)(params, batch_fn(data, t))
-            updates, state = tx.update(grads, state, params)
-            return (apply_updates(params, updates), state), loss
+def _train_chunk(params, state, data, start, *, loss_fn, tx, batch_fn, record, record_every, length):
+    """``length × record_every`` steps of every setting; params and state have a leading settings axis."""
+    def step(carry, t):
+        params, state = carry
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch_fn(data, t))
+        updates, state = tx.update(grads, state, params)
+        return (apply_updates(params, updates), state), loss
 
-        ts = start + jnp.arange(length, dtype=jnp.int32)
-        (params, state), losses = jax.lax.scan(step, (params, state), ts)
-        return params, state, losses, loss_fn(params, batch_fn(data, start + length))
+    def block(carry, t):
+        carry, losses = jax.lax.scan(step, carry, t + jnp.arange(record_every, dtype=jnp.int32))
+        return carry, (losses, () if record is None else record(*carry))
+
+    def train(params, state):
+        firsts = start + record_every * jnp.arange(length, dtype=jnp.int32)
+        (params, state), (losses, records) = jax.lax.scan(block, (params, state), firsts)
+        end = start + length * record_every
+        return params, state, losses.reshape(-1), records, loss_fn(params, batch_fn(data, end))
 
     return jax.vmap(train)(params, state)
+
+
+def _check_positive(**values):
+    for name, value in values.items():
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value}")
+
+
+def _concatenate(trees: list, axis: int):
+    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=axis), *trees)
 
 
 def _as_list(settings: Settings) -> list:
@@ -176,8 +205,6 @@ def _default_scan_steps(steps: int) -> int:
 
 
 def _scan_lengths(steps: int, scan_steps: int) -> list:
-    if scan_steps < 1:
-        raise ValueError(f"scan_steps must be a positive integer, got {scan_steps}")
     full, rest = divmod(steps, scan_steps)
     return [scan_steps] * full + ([rest] if rest else [])
 

@@ -14,7 +14,9 @@ class SweepResult:
     ``final_loss[i]`` the loss of ``params`` (whose leaves have a leading
     settings axis) on the batch a next step would see. ``hyperparams[i]``
     holds every swept name's value for setting i, including names a setting
-    left at the optimizer's own value.
+    left at the optimizer's own value. ``records`` (None without a
+    ``record`` function) has leaves of shape (settings, records, ...), taken
+    after the steps in ``record_steps``.
     """
 
     settings: list
@@ -22,6 +24,8 @@ class SweepResult:
     losses: np.ndarray
     final_loss: np.ndarray
     params: Any
+    records: Any = None
+    record_steps: np.ndarray = None
 
     def __len__(self) -> int:
         return len(self.settings)

@@ -65,21 +65,28 @@ def test_each_setting_equals_its_own_run_including_decay_rates():
     assert_matches_separate_runs(result, lambda **s: adaptx.adam(**s))
 
 
-def test_chunked_settings_and_scans_give_the_same_numbers():
+def test_chunked_settings_and_scans_give_the_same_numbers_and_records():
+    rates = [0.2, 0.05, 0.01, 0.001, 0.1]
+
     def run(**options):
         return adaptx.sweep(
-            loss_fn, adaptx.rmsprop(0.1, momentum=0.5), PARAMS, DATA,
-            {"learning_rate": [0.2, 0.05, 0.01, 0.001, 0.1]}, steps=STEPS,
-            batch_fn=minibatch, progress=False, **options,
+            loss_fn, adaptx.rmsprop(0.1, momentum=0.5), PARAMS, DATA, {"learning_rate": rates},
+            steps=STEPS, batch_fn=minibatch, progress=False, record_every=2,
+            record=lambda params, state: (params["b"], adaptx.hyperparams(state)["learning_rate"]),
+            **options,
         )
 
     whole = run()
-    pieces = run(chunk_size=2, scan_steps=5)  # 3 chunks, the last padded; scans of 5, 5, 2
+    pieces = run(chunk_size=2, scan_steps=8)  # 3 chunks, the last padded; scans of 8 and 4 steps
     np.testing.assert_allclose(pieces.losses, whole.losses, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(pieces.final_loss, whole.final_loss, rtol=1e-6, atol=1e-7)
-    for a, b in zip(jax.tree.leaves(pieces.params), jax.tree.leaves(whole.params)):
+    for a, b in zip(jax.tree.leaves((pieces.params, pieces.records)), jax.tree.leaves((whole.params, whole.records))):
         assert a.shape[0] == 5
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    bias, learning_rate = pieces.records
+    np.testing.assert_array_equal(pieces.record_steps, [2, 4, 6, 8, 10, 12])
+    np.testing.assert_array_equal(bias[:, -1], pieces.params["b"])
+    np.testing.assert_allclose(learning_rate, np.repeat(np.float32(rates)[:, None], 6, axis=1))
     assert_matches_separate_runs(
         pieces, lambda learning_rate: adaptx.rmsprop(learning_rate, momentum=0.5), minibatch, which=[4]
     )
@@ -112,12 +119,13 @@ def test_table_marks_divergence_and_picks_the_best_finite_setting():
 @pytest.mark.parametrize(
     "settings, steps, message",
     [
-        ({"learning_rate": [-1.0]}, 5, r"learning_rate must lie in \[0, inf\)"),
-        ({"lr": [0.1]}, 5, "no hyperparameter 'lr'"),
-        ([], 5, "settings is empty"),
+        ({"learning_rate": [-1.0]}, 4, r"learning_rate must lie in \[0, inf\)"),
+        ({"lr": [0.1]}, 4, "no hyperparameter 'lr'"),
+        ([], 4, "settings is empty"),
         ({"learning_rate": [0.1]}, 0, "steps must be a positive integer"),
+        ({"learning_rate": [0.1]}, 7, "steps=7 must be a multiple of record_every=2"),
     ],
 )
 def test_bad_input_says_what_is_wrong(settings, steps, message):
     with pytest.raises(ValueError, match=message):
-        adaptx.sweep(loss_fn, adaptx.adam(), PARAMS, DATA, settings, steps=steps, progress=False)
+        adaptx.sweep(loss_fn, adaptx.adam(), PARAMS, DATA, settings, steps=steps, record_every=2, progress=False)
