@@ -13,7 +13,8 @@ from adaptx.hyperparams import _find
 class LeafDiagnostics(NamedTuple):
     """Statistics of one parameter leaf at the last update (float32 scalars)."""
 
-    rate_mean: jax.Array  # mean of |u| / |g| over the coordinates with g ≠ 0
+    rate_mean: jax.Array  # mean of r = |u| / |g| over the coordinates with g ≠ 0
+    rate_geomean: jax.Array  # exp(mean(log r)): the typical rate, robust to outliers
     rate_min: jax.Array
     rate_max: jax.Array
     frac_below: jax.Array  # fraction of those coordinates whose rate < threshold
@@ -26,29 +27,52 @@ class MonitorState(NamedTuple):
     diagnostics: Any  # the params' tree with a LeafDiagnostics per leaf
 
 
+# How the partial results of each reduced term merge, and the merge's identity.
+_SUM, _MIN, _MAX = (jnp.add, 0.0), (jnp.minimum, jnp.inf), (jnp.maximum, -jnp.inf)
+
+
 def _leaf_diagnostics(grad, update, threshold) -> LeafDiagnostics:
     """|u| / |g| statistics over the coordinates where g ≠ 0, and both norms.
 
     A coordinate with g = 0 has no rate to speak of (0/0 for Adagrad, u/0 with
     momentum), so it is left out; a leaf whose gradient is 0 everywhere
-    reports NaN rates and a NaN fraction, and its norms as usual.
+    reports NaN rates and a NaN fraction, and its norms as usual. Every sum,
+    minimum and maximum comes from one variadic reduction: one pass over the
+    leaf, one kernel to compile.
     """
     dtype = nx.accumulator_dtype(grad)
     g = jnp.abs(jnp.asarray(grad).astype(dtype))
     u = jnp.abs(jnp.asarray(update).astype(dtype))
     seen = g > 0
     rate = u / jnp.where(seen, g, 1)
-    count = jnp.sum(seen)
-    # count = 0 makes mean and fraction 0/0 = NaN, and min/max would be ±inf: NaN too.
+    terms = {
+        "rate": (jnp.where(seen, rate, 0), _SUM),
+        "log_rate": (jnp.where(seen, jnp.log(rate), 0), _SUM),
+        "count": (seen.astype(dtype), _SUM),  # exact to 2²⁴ coordinates
+        "below": ((seen & (rate < threshold)).astype(dtype), _SUM),
+        "min": (jnp.where(seen, rate, jnp.inf), _MIN),
+        "max": (jnp.where(seen, rate, -jnp.inf), _MAX),
+        "u2": (u * u, _SUM),
+        "g2": (g * g, _SUM),
+    }
+    merges = [merge for _, (merge, _) in terms.values()]
+    reduced = dict(zip(terms, jax.lax.reduce(
+        tuple(value for value, _ in terms.values()),
+        tuple(jnp.asarray(identity, dtype) for _, (_, identity) in terms.values()),
+        lambda a, b: tuple(merge(x, y) for merge, x, y in zip(merges, a, b)),
+        tuple(range(g.ndim)),
+    )))
+    count = reduced["count"]
+    # With no coordinate seen, the means are 0/0 = NaN already; min and max would be ±inf.
     none = jnp.where(count > 0, 0, jnp.nan).astype(dtype)
-    below = jnp.sum(seen & (rate < jnp.asarray(threshold, dtype)))
     return LeafDiagnostics(
-        rate_mean=jnp.sum(jnp.where(seen, rate, 0)) / count,
-        rate_min=jnp.min(jnp.where(seen, rate, jnp.inf), initial=jnp.inf) + none,
-        rate_max=jnp.max(jnp.where(seen, rate, -jnp.inf), initial=-jnp.inf) + none,
-        frac_below=(below / count).astype(dtype),
-        update_norm=jnp.sqrt(jnp.sum(u * u)),
-        grad_norm=jnp.sqrt(jnp.sum(g * g)),
+        rate_mean=reduced["rate"] / count,
+        rate_geomean=jnp.exp(reduced["log_rate"] / count),
+        rate_min=reduced["min"] + none,
+        rate_max=reduced["max"] + none,
+        frac_below=reduced["below"] / count,
+        update_norm=jnp.sqrt(reduced["u2"]),
+        grad_norm=jnp.sqrt(reduced["g2"]),
     )
 
 
@@ -61,18 +85,22 @@ def monitor(tx: GradientTransformation, threshold: float = 1e-4) -> GradientTran
     returns (so r includes the learning rate, momentum, weight decay: all of
     ``tx``). Plain SGD has r = η everywhere; Adagrad r = η / (√G + ε), which
     shrinks as G grows; RMSProp's r follows the recent gradient scale and does
-    not vanish. Per leaf the state keeps the mean, min and max of r, the
-    fraction of coordinates with r < ``threshold`` (stalled coordinates), and
-    ‖u‖₂ and ‖g‖₂; read them with :func:`monitor_stats`. Updates pass through
-    unchanged, and :func:`adaptx.set_hyperparams` still reaches ``tx``'s
-    hyperparameters through the wrapper. Coordinates with g = 0 are left out
-    of the rate statistics (a leaf with no such coordinate reports NaN rates).
+    not vanish. Per leaf the state keeps the mean, geometric mean, min and max
+    of r, the fraction of coordinates with r < ``threshold`` (stalled ones),
+    and ‖u‖₂ and ‖g‖₂; read them with :func:`monitor_stats`.
+
+    Coordinates with g = 0 are left out of the rate statistics (a leaf with
+    none left reports NaN rates). With momentum, a coordinate whose gradient
+    is momentarily tiny has a huge r, so the geometric mean summarises a
+    typical rate better than the mean. Updates pass through unchanged, and
+    :func:`adaptx.set_hyperparams` reaches ``tx``'s hyperparameters through
+    the wrapper.
 
     Example::
 
         tx = adaptx.monitor(adaptx.adagrad(0.1), threshold=1e-3)
         updates, state = tx.update(grads, state)
-        adaptx.monitor_stats(state)["rate_mean"]   # the params' tree of scalars
+        adaptx.monitor_stats(state)["rate_geomean"]   # the params' tree of scalars
     """
     check_range("threshold", threshold, "eps")
 
@@ -81,7 +109,8 @@ def monitor(tx: GradientTransformation, threshold: float = 1e-4) -> GradientTran
 
     def init(params):
         blank = jax.eval_shape(diagnose, params, params)
-        return MonitorState(tx.init(params), jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), blank))
+        nans = jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), blank)
+        return MonitorState(tx.init(params), nans)
 
     def update(grads, state, params=None):
         updates, inner = tx.update(grads, state.inner_state, params)
@@ -93,11 +122,11 @@ def monitor(tx: GradientTransformation, threshold: float = 1e-4) -> GradientTran
 def monitor_stats(state) -> dict:
     """The last update's diagnostics from a state holding one :func:`monitor`.
 
-    Returns ``{"rate_mean", "rate_min", "rate_max", "frac_below",
-    "update_norm", "grad_norm"}``, each the params' tree of scalars (NaN before
-    the first update), plus ``"global_update_norm"`` and ``"global_grad_norm"``
-    over all leaves. Works on a chain's state and under ``jax.vmap`` (every
-    value then gains the leading axis).
+    Returns ``{"rate_mean", "rate_geomean", "rate_min", "rate_max",
+    "frac_below", "update_norm", "grad_norm"}``, each the params' tree of
+    scalars (NaN before the first update), plus ``"global_update_norm"`` and
+    ``"global_grad_norm"`` over all leaves. Works on a chain's state and under
+    ``jax.vmap`` (every value then gains the leading axis).
     """
     found = _find(state, MonitorState)
     if len(found) != 1:

@@ -47,7 +47,7 @@ def sweep(
     record_every: int = 1,
     chunk_size: Optional[int] = None,
     scan_steps: Optional[int] = None,
-    progress: bool = True,
+    progress: Union[bool, str] = True,
 ) -> SweepResult:
     """Train from ``params`` with ``tx`` under every hyperparameter setting at once.
 
@@ -82,7 +82,7 @@ def sweep(
       scan_steps: steps per jitted scan, a multiple of ``record_every``; the
         progress bar moves between scans. Default: a divisor of ``steps``
         near ``steps / 20`` with ``progress``, else ``steps``.
-      progress: show a tqdm bar over steps.
+      progress: show a tqdm bar over steps (labelled with the string, if one).
 
     Returns:
       A :class:`SweepResult`: ``losses`` (settings × steps), ``final_loss``,
@@ -119,7 +119,9 @@ def sweep(
 
     base = tx.init(params)
     outcomes = []
-    with tqdm(total=steps * math.ceil(len(settings) / chunk_size), unit="step", disable=not progress, desc="sweep") as bar:
+    label = progress if isinstance(progress, str) else "sweep"
+    total = steps * math.ceil(len(settings) / chunk_size)
+    with tqdm(total=total, unit="step", desc=label, disable=not progress) as bar:
         for first in range(0, len(settings), chunk_size):
             chunk = settings[first:first + chunk_size]
             bar.set_postfix_str(f"settings {first + 1}-{first + len(chunk)} of {len(settings)}")
@@ -209,11 +211,20 @@ def _scan_lengths(steps: int, scan_steps: int) -> list:
     return [scan_steps] * full + ([rest] if rest else [])
 
 
-@jax.jit
 def _replicas(params, states: list):
-    """One copy of ``params`` per state, and the states stacked: the settings axis vmap maps over."""
-    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
-    return jax.tree.map(lambda p: jnp.broadcast_to(p, (len(states), *jnp.shape(p))), params), stacked
+    """One copy of ``params`` per state, and the states stacked: the settings axis vmap maps over.
+
+    Leaves a setting left alone are the same object in every state and are
+    broadcast on the device; the swept hyperparameters (scalars) are stacked
+    on the host. Neither compiles a program per optimizer.
+    """
+    def stack(*leaves):
+        if all(leaf is leaves[0] for leaf in leaves):
+            return jnp.broadcast_to(leaves[0], (len(leaves), *jnp.shape(leaves[0])))
+        return jnp.asarray(np.stack([np.asarray(leaf) for leaf in leaves]))
+
+    copies = jax.tree.map(lambda p: stack(*[p] * len(states)), params)
+    return copies, jax.tree.map(stack, *states)
 
 
 def _swept_values(base, settings: list) -> list:

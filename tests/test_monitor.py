@@ -47,6 +47,7 @@ def test_adagrad_rates_match_lr_over_root_of_accumulated_squares():
     for stats, (rate, update, grad) in zip(history, hand_computed_adagrad(4)):
         assert rate.size == 3
         np.testing.assert_allclose(stats["rate_mean"]["x"], rate.mean(), rtol=1e-5)
+        np.testing.assert_allclose(stats["rate_geomean"]["x"], np.exp(np.log(rate).mean()), rtol=1e-5)
         np.testing.assert_allclose(stats["rate_min"]["x"], rate.min(), rtol=1e-5)
         np.testing.assert_allclose(stats["rate_max"]["x"], rate.max(), rtol=1e-5)
         np.testing.assert_allclose(stats["frac_below"]["x"], np.mean(rate < THRESHOLD))
@@ -63,7 +64,7 @@ def test_adagrad_rates_match_lr_over_root_of_accumulated_squares():
 def test_a_leaf_without_gradient_reports_nan_rates_and_zero_norms():
     _, state, _ = train(adaptx.monitor(adaptx.adagrad(LR)), 1)
     stats = adaptx.monitor_stats(state)
-    for name in ("rate_mean", "rate_min", "rate_max", "frac_below"):
+    for name in ("rate_mean", "rate_geomean", "rate_min", "rate_max", "frac_below"):
         assert np.isnan(stats[name]["frozen"])
     assert stats["update_norm"]["frozen"] == 0 and stats["grad_norm"]["frozen"] == 0
 
