@@ -33,7 +33,7 @@ def curves(runs: list, path: pathlib.Path) -> None:
 
 
 def effective_rates(runs: list, path: pathlib.Path) -> None:
-    """One panel per optimizer: each layer's typical |update| / |grad|, relative to η, over the steps."""
+    """One panel per optimizer: each layer's ‖update‖ / ‖gradient‖, relative to η, over the steps."""
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.5), sharex=True, sharey=True, constrained_layout=True)
     for run, ax in zip(runs, axes.flat):
         rates = run.at_best("rate")
@@ -50,8 +50,8 @@ def effective_rates(runs: list, path: pathlib.Path) -> None:
         ax.set_ylabel("effective rate / η")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=9)
-    fig.suptitle("Effective learning rate |update| / |gradient| per layer, geometric mean over"
-                 " coordinates (adaptx.monitor)")
+    fig.suptitle("Effective learning rate per layer: ‖update‖ / ‖gradient‖, the gradient²-weighted RMS"
+                 " of |update| / |gradient| (adaptx.monitor)")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

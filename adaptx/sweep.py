@@ -104,7 +104,8 @@ def sweep(
         result.final_loss.reshape(3, 2)     # learning rate × b1
     """
     settings = _as_list(settings)
-    _check_positive(steps=steps, record_every=record_every, chunk_size=chunk_size or 1, scan_steps=scan_steps or 1)
+    optional = {"chunk_size": chunk_size, "scan_steps": scan_steps}
+    _check_positive(steps=steps, record_every=record_every, **{k: v for k, v in optional.items() if v is not None})
     for name, value in (("steps", steps), ("scan_steps", scan_steps or record_every)):
         if value % record_every:
             raise ValueError(f"{name}={value} must be a multiple of record_every={record_every}")
@@ -125,18 +126,11 @@ def sweep(
         for first in range(0, len(settings), chunk_size):
             chunk = settings[first:first + chunk_size]
             bar.set_postfix_str(f"settings {first + 1}-{first + len(chunk)} of {len(settings)}")
+            # Padding the last chunk keeps its shapes, so it reuses the compiled program.
             padded = chunk + chunk[-1:] * (chunk_size - len(chunk))
-            carry = _replicas(params, [set_hyperparams(base, **s) for s in padded])
-            scans, start = [], 0
-            for length in lengths:
-                *carry, losses, records, final = run(*carry, data, start, length=length)
-                # Fetching waits for the scan, so the bar moves with the computation.
-                scans.append(jax.device_get((losses, records)))
-                start += length * record_every
-                bar.update(length * record_every)
-            losses, records = _concatenate(scans, axis=1)
-            outcome = (losses, records, final, carry[0])
-            outcomes.append(jax.tree.map(lambda x: np.asarray(x)[:len(chunk)], outcome))
+            replicas = _replicas(params, [set_hyperparams(base, **s) for s in padded])
+            outcome = _train_settings(run, *replicas, data, lengths, record_every, bar)
+            outcomes.append(jax.tree.map(lambda x: x[:len(chunk)], outcome))
 
     losses, records, final, params = _concatenate(outcomes, axis=0)
     return SweepResult(
@@ -148,6 +142,19 @@ def sweep(
         records=records if record is not None else None,
         record_steps=np.arange(1, blocks + 1) * record_every,
     )
+
+
+def _train_settings(run, params, state, data, lengths: list, record_every: int, bar) -> tuple:
+    """Every scan of one chunk of settings: (losses, records, final loss, final params) on the host."""
+    scans, start = [], 0
+    for length in lengths:
+        params, state, losses, records, final = run(params, state, data, start, length=length)
+        # Fetching waits for the scan, so the bar moves with the computation.
+        scans.append(jax.device_get((losses, records)))
+        start += length * record_every
+        bar.update(length * record_every)
+    losses, records = _concatenate(scans, axis=1)
+    return losses, records, jax.device_get(final), jax.device_get(params)
 
 
 @functools.partial(

@@ -47,13 +47,14 @@ def test_adagrad_rates_match_lr_over_root_of_accumulated_squares():
     for stats, (rate, update, grad) in zip(history, hand_computed_adagrad(4)):
         assert rate.size == 3
         np.testing.assert_allclose(stats["rate_mean"]["x"], rate.mean(), rtol=1e-5)
-        np.testing.assert_allclose(stats["rate_geomean"]["x"], np.exp(np.log(rate).mean()), rtol=1e-5)
         np.testing.assert_allclose(stats["rate_min"]["x"], rate.min(), rtol=1e-5)
         np.testing.assert_allclose(stats["rate_max"]["x"], rate.max(), rtol=1e-5)
         np.testing.assert_allclose(stats["frac_below"]["x"], np.mean(rate < THRESHOLD))
         np.testing.assert_allclose(stats["update_norm"]["x"], np.linalg.norm(update), rtol=1e-5)
         np.testing.assert_allclose(stats["grad_norm"]["x"], np.linalg.norm(grad), rtol=1e-5)
         np.testing.assert_allclose(stats["global_grad_norm"], np.linalg.norm(grad), rtol=1e-5)
+        ratio = np.linalg.norm(update) / np.linalg.norm(grad)
+        np.testing.assert_allclose(stats["norm_ratio"]["x"], ratio, rtol=1e-5)
     # Adagrad's rates only shrink, and the threshold catches more coordinates as they do.
     means = [stats["rate_mean"]["x"] for stats in history]
     assert all(a > b for a, b in zip(means, means[1:]))
@@ -64,7 +65,7 @@ def test_adagrad_rates_match_lr_over_root_of_accumulated_squares():
 def test_a_leaf_without_gradient_reports_nan_rates_and_zero_norms():
     _, state, _ = train(adaptx.monitor(adaptx.adagrad(LR)), 1)
     stats = adaptx.monitor_stats(state)
-    for name in ("rate_mean", "rate_geomean", "rate_min", "rate_max", "frac_below"):
+    for name in ("rate_mean", "rate_min", "rate_max", "frac_below", "norm_ratio"):
         assert np.isnan(stats[name]["frozen"])
     assert stats["update_norm"]["frozen"] == 0 and stats["grad_norm"]["frozen"] == 0
 
@@ -75,6 +76,14 @@ def test_updates_pass_through_unchanged_and_sgd_rate_is_the_learning_rate():
     np.testing.assert_array_equal(wrapped["x"], plain["x"])
     # The first momentum step is η·g, so every rate is exactly η.
     np.testing.assert_allclose([history[0]["rate_min"]["x"], history[0]["rate_max"]["x"]], [0.1, 0.1], rtol=1e-6)
+
+
+def test_norms_only_keeps_the_norms_and_their_ratio():
+    _, _, full = train(adaptx.monitor(adaptx.adagrad(LR)), 2)
+    _, _, norms = train(adaptx.monitor(adaptx.adagrad(LR), per_coordinate=False), 2)
+    assert set(norms[-1]) == {"update_norm", "grad_norm", "norm_ratio", "global_update_norm", "global_grad_norm"}
+    for name in norms[-1]:
+        np.testing.assert_allclose(jax.tree.leaves(norms[-1][name]), jax.tree.leaves(full[-1][name]), rtol=1e-6)
 
 
 def test_set_hyperparams_reaches_the_optimizer_through_the_wrapper():
