@@ -6,8 +6,11 @@ from adaptx.groups import MaskedNode, MaskedState, PartitionState, masked, parti
 from adaptx.guard import SkipNonfiniteState, all_finite, raise_if_gave_up, skip_nonfinite
 from adaptx.hyperparams import HyperparamsState, hyperparams, set_hyperparams, with_hyperparams
 from adaptx.moments import bias_correction, ema, trace
+from adaptx.monitor import LeafDiagnostics, MonitorState, monitor, monitor_stats
 from adaptx.optimizers import adadelta, adagrad, adam, adamax, adamw, nadam, rmsprop, sgd
 from adaptx.scaling import accumulate_squares, scale_by_adadelta, scale_by_rms
+from adaptx.sweep import grid, sweep
+from adaptx.sweep_result import SweepResult
 from adaptx.transforms import (
     add_decayed_weights, clip_by_global_norm, clip_by_norm, clip_by_value, scale, scale_by_inverse_time_decay,
     scale_by_learning_rate, unscale_gradients,
@@ -30,4 +33,6 @@ __all__ = [
     "accumulate_gradients", "AccumulateState",
     "masked", "partition", "MaskedNode", "MaskedState", "PartitionState",
     "checkpoint", "sharding", "testing",
+    "sweep", "grid", "SweepResult",
+    "monitor", "monitor_stats", "MonitorState", "LeafDiagnostics",
 ]

@@ -91,12 +91,12 @@ def _as_float_array(value) -> jax.Array:
     return jnp.asarray(value, dtype)
 
 
-def _find(state) -> list:
-    """The HyperparamsState nodes in ``state``, outermost first."""
+def _find(state, kind: type = HyperparamsState) -> list:
+    """The ``kind`` nodes (HyperparamsState unless told) in ``state``, outermost first."""
     found = []
 
     def visit(node):
-        if isinstance(node, HyperparamsState):
+        if isinstance(node, kind):
             found.append(node)
             return True
         return False
