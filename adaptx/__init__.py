@@ -1,10 +1,12 @@
 """adaptx: adaptive-learning-rate optimizers for JAX, as composable gradient transformations."""
 from adaptx.adam import AdamState, NadamState, scale_by_adam, scale_by_adamax, scale_by_nadam
 from adaptx.base import EmptyState, GradientTransformation, apply_updates, chain, identity
+from adaptx.fused import update_and_apply
 from adaptx.hyperparams import HyperparamsState, hyperparams, set_hyperparams, with_hyperparams
 from adaptx.moments import bias_correction, ema, trace
 from adaptx.optimizers import adadelta, adagrad, adam, adamax, adamw, nadam, rmsprop, sgd
 from adaptx.scaling import accumulate_squares, scale_by_adadelta, scale_by_rms
+from adaptx.train import make_train_step
 from adaptx.transforms import add_decayed_weights, clip_by_global_norm, scale_by_learning_rate
 
 __version__ = "0.1.0"
@@ -16,5 +18,6 @@ __all__ = [
     "scale_by_adam", "scale_by_adamax", "scale_by_nadam", "AdamState", "NadamState",
     "scale_by_learning_rate", "add_decayed_weights", "clip_by_global_norm",
     "with_hyperparams", "hyperparams", "set_hyperparams", "HyperparamsState",
+    "update_and_apply", "make_train_step",
     "sgd", "adagrad", "rmsprop", "adam", "adamw", "adadelta", "adamax", "nadam",
 ]

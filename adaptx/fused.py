@@ -1,0 +1,107 @@
+"""Update and apply in one pass: the fast path of a training step.
+
+``update`` followed by ``apply_updates`` is two steps, and XLA's CPU backend
+compiles them into one loop per written array, re-reading what the previous
+loop wrote. :func:`update_and_apply` computes the same new params and state,
+and for the optimizers that have a one-pass kernel (``adam``, ``adamw``,
+``adagrad``, ``rmsprop`` without momentum or centering; float32 or bfloat16
+params with float32 moments, on CPU) it runs that kernel instead: every
+param, gradient and moment is read once and written once, and a pytree of
+any number of leaves is one operation to trace and compile.
+"""
+import weakref
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from adaptx import _numerics as nx
+from adaptx import kernels
+from adaptx._validate import check_tree_match
+from adaptx.adam import AdamState
+from adaptx.base import GradientTransformation, apply_updates
+from adaptx.scaling import AccumulatorState, RmsState
+
+# tx.update -> its one-pass (grads, state, params) -> (params, state)
+_FAST: "weakref.WeakKeyDictionary[Callable, Callable]" = weakref.WeakKeyDictionary()
+
+
+def register(tx: GradientTransformation, update_and_apply_fn: Callable) -> None:
+    """Make ``update_and_apply_fn`` the one-pass step of ``tx`` (see :func:`adaptx.with_hyperparams`)."""
+    _FAST[tx.update] = update_and_apply_fn
+
+
+def update_and_apply(tx: GradientTransformation, grads, state, params):
+    """``(apply_updates(params, u), state')`` where ``u, state' = tx.update(grads, state, params)``.
+
+    Uses ``tx``'s one-pass kernel when it has one and the leaves suit it; the
+    numbers are those of ``update`` then ``apply_updates`` either way. The
+    kernel path is not differentiable: differentiate through ``tx.update``.
+    """
+    fast = _FAST.get(tx.update)
+    if fast is not None:
+        return fast(grads, state, params)
+    updates, state = tx.update(grads, state, params)
+    return apply_updates(params, updates), state
+
+
+def _leaves(params, grads, *moments):
+    """Flat leaf lists when the kernel can take this tree, else None."""
+    if jax.default_backend() != "cpu":
+        return None
+    check_tree_match(grads, moments[0], "optimizer state")
+    treedef = jax.tree.structure(moments[0])
+    if jax.tree.structure(params) != treedef:
+        return None
+    flat_p, flat_g = jax.tree.leaves(params), jax.tree.leaves(grads)
+    flat_m = [jax.tree.leaves(m) for m in moments]
+    suits = all(
+        p.dtype in kernels.LEAF_DTYPES and g.dtype == p.dtype and p.shape == g.shape for p, g in zip(flat_p, flat_g)
+    ) and all(m.dtype == jnp.float32 for ms in flat_m for m in ms)
+    if not suits or not kernels.available():
+        return None
+    return treedef, flat_p, flat_g, flat_m
+
+
+def _run(name, hyper, leaves):
+    treedef, flat_p, flat_g, flat_m = leaves
+    new_p, new_m = kernels.step(name, hyper, flat_p, flat_g, flat_m)
+    return treedef.unflatten(new_p), [treedef.unflatten(m) for m in new_m]
+
+
+def adam_kernel(grads, inner, params, *, learning_rate, b1, b2, eps, weight_decay=None):
+    """One-pass ``chain(scale_by_adam, [add_decayed_weights,] scale_by_learning_rate)``."""
+    adam, *rest = inner
+    leaves = _leaves(params, grads, adam.mu, adam.nu)
+    if leaves is None:
+        return None
+    count = nx.increment(adam.count)
+    one = jnp.ones([], jnp.float32)
+    hyper = dict(
+        neg_lr=-learning_rate, b1=b1.value, b1c=b1.complement, b2=b2.value, b2c=b2.complement, eps=eps,
+        inv_bc1=nx.debias(one, b1, count), inv_bc2=nx.debias(one, b2, count),
+        decay=0.0 if weight_decay is None else weight_decay, has_decay=float(weight_decay is not None),
+    )
+    new_params, (mu, nu) = _run("adam", hyper, leaves)
+    return new_params, (AdamState(count, mu, nu, None), *rest)
+
+
+def adagrad_kernel(grads, inner, params, *, learning_rate, eps):
+    """One-pass ``chain(accumulate_squares, scale_by_learning_rate)``."""
+    acc, *rest = inner
+    leaves = _leaves(params, grads, acc.nu)
+    if leaves is None:
+        return None
+    new_params, (nu,) = _run("adagrad", dict(neg_lr=-learning_rate, eps=eps), leaves)
+    return new_params, (AccumulatorState(nu), *rest)
+
+
+def rmsprop_kernel(grads, inner, params, *, learning_rate, decay, eps):
+    """One-pass ``chain(scale_by_rms, identity, scale_by_learning_rate)``."""
+    rms, *rest = inner
+    leaves = _leaves(params, grads, rms.nu)
+    if leaves is None:
+        return None
+    hyper = dict(neg_lr=-learning_rate, b2=decay.value, b2c=decay.complement, eps=eps)
+    new_params, (nu,) = _run("rmsprop", hyper, leaves)
+    return new_params, (RmsState(nu, None), *rest)
