@@ -155,6 +155,10 @@ struct Work {
 };
 
 constexpr int64_t kChunk = 1 << 15;
+// Below this many elements a call runs on the calling thread alone: waking a
+// pool thread costs more than it saves, and XLA runs independent calls (one
+// per leaf) side by side on its pool anyway.
+constexpr int64_t kParallelMin = 1 << 16;
 
 ffi::Error FusedStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
                      ffi::RemainingRets rets, int32_t optimizer) {
@@ -167,6 +171,7 @@ ffi::Error FusedStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Rem
   std::memcpy(work->h.h, hyper.typed_data(), sizeof(work->h.h));
   work->opt = optimizer;
   const size_t n_leaves = args.size() / in_per_leaf;
+  int64_t total = 0;
   for (size_t i = 0; i < n_leaves; ++i) {
     auto p = args.get<ffi::AnyBuffer>(i * in_per_leaf).value();
     auto g = args.get<ffi::AnyBuffer>(i * in_per_leaf + 1).value();
@@ -183,10 +188,12 @@ ffi::Error FusedStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Rem
     }
     work->leaves.push_back(leaf);
     const int64_t n = static_cast<int64_t>(p.element_count());
+    total += n;
     for (int64_t b = 0; b < n; b += kChunk)
       work->chunks.push_back({static_cast<int32_t>(i), b, std::min(n, b + kChunk)});
   }
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), static_cast<int64_t>(work->chunks.size()) - 1);
+  const int64_t helpers = total < kParallelMin ? 0
+      : std::min<int64_t>(pool.num_threads(), static_cast<int64_t>(work->chunks.size()) - 1);
   for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work->Drain(); });
   work->Drain();
   while (work->done.load(std::memory_order_acquire) < work->chunks.size()) std::this_thread::yield();
