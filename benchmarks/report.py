@@ -77,6 +77,10 @@ def _many_leaves_table(records):
         ratio = f"{r['median_ms'] / optax_rec['median_ms']:.2f}" if optax_rec else "–"
         lines.append(f"| {r['impl']} | {t('trace_s')} | {t('lower_s')} | {t('compile_s')} | {r['median_ms']:.1f} | "
                      f"{ratio} | {r.get('fusions', '–')} | {r.get('custom_calls', '–')} |")
+    floor = _find(records, "many_leaves", "floor: donated identity")
+    if floor:
+        lines.append("\nThe floor row jits `lambda params, state, grads: (params, state)` with the same arrays and"
+                     " donation: the cost of passing this many arrays through JAX and XLA, whatever the step computes.")
     return lines
 
 

@@ -53,6 +53,9 @@ def many_leaves(leaves: int, reps: int, two_step: bool = True):
     contenders = {"adaptx": (steppers.adaptx_fused_step(tx), tx), "optax": (steppers.two_step(otx, optax.apply_updates), otx)}
     if two_step:
         contenders["adaptx two-step"] = (steppers.two_step(tx, adaptx.apply_updates), tx)
+    # What JAX and XLA cost for this many arrays whatever the step does: the
+    # same signature, returning params and state untouched.
+    contenders["floor: donated identity"] = (lambda p, s, g: (p, s), tx)
     runs, extra = {}, {}
     for name, (step_fn, t) in contenders.items():
         phases = compile_phases(jax.jit(step_fn, donate_argnums=(0, 1)), params, t.init(params), grads)
