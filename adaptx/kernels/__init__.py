@@ -31,6 +31,9 @@ LEAF_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 # XLA's compile time grows about cubically with one custom call's operands
 # (400 leaves: 32 s, 1000: 386 s), so big trees are split into several calls.
 LEAVES_PER_CALL = 16
+# A call over fewer elements runs on the calling thread alone: waking a pool
+# thread costs more than it saves there, and XLA runs independent calls side by side.
+PARALLEL_MIN = 1 << 16
 
 _lock = threading.Lock()
 _state: dict = {}
@@ -110,6 +113,6 @@ def _call(optimizer, vector, leaves):
             aliases[1 + i * per_leaf + (0 if k == 0 else k + 1)] = len(results)
             results.append(jax.ShapeDtypeStruct(x.shape, x.dtype))
     call = jax.ffi.ffi_call(TARGET, results, input_output_aliases=aliases, vmap_method="sequential")
-    out = call(*operands, optimizer=np.int32(OPTIMIZERS[optimizer]))
+    out = call(*operands, optimizer=np.int32(OPTIMIZERS[optimizer]), parallel_min=np.int64(PARALLEL_MIN))
     width = per_leaf - 1
     return [tuple(out[i * width:(i + 1) * width]) for i in range(len(leaves))]

@@ -165,13 +165,9 @@ struct Work {
 };
 
 constexpr int64_t kChunk = 1 << 15;
-// Below this many elements a call runs on the calling thread alone: waking a
-// pool thread costs more than it saves, and XLA runs independent calls (one
-// per leaf) side by side on its pool anyway.
-constexpr int64_t kParallelMin = 1 << 16;
 
 ffi::Error FusedStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
-                     ffi::RemainingRets rets, int32_t optimizer) {
+                     ffi::RemainingRets rets, int32_t optimizer, int64_t parallel_min) {
   if (hyper.element_count() != kSlots) return ffi::Error::InvalidArgument("adaptx: wrong hyperparameter vector");
   const int moments = optimizer == kAdam ? 2 : 1;
   const size_t in_per_leaf = 2 + moments, out_per_leaf = 1 + moments;
@@ -202,7 +198,8 @@ ffi::Error FusedStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Rem
     for (int64_t b = 0; b < n; b += kChunk)
       work->chunks.push_back({static_cast<int32_t>(i), b, std::min(n, b + kChunk)});
   }
-  const int64_t helpers = total < kParallelMin ? 0
+  // A small call runs on the calling thread alone (see PARALLEL_MIN in __init__.py).
+  const int64_t helpers = total < parallel_min ? 0
       : std::min<int64_t>(pool.num_threads(), static_cast<int64_t>(work->chunks.size()) - 1);
   for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work->Drain(); });
   work->Drain();
@@ -218,4 +215,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdaptxFusedStep, FusedStep,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .RemainingArgs()
                                   .RemainingRets()
-                                  .Attr<int32_t>("optimizer"));
+                                  .Attr<int32_t>("optimizer")
+                                  .Attr<int64_t>("parallel_min"));
