@@ -43,7 +43,7 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=Path(__file__).parent, help="folder for RESULTS.md and results.json")
     ap.add_argument("--size-log2", type=int, default=None, help="params in the one-leaf runs (default 24, quick 14)")
     ap.add_argument("--leaves", type=int, default=None, help="leaves in the many-leaf run (default 1000, quick 20)")
-    ap.add_argument("--reps", type=int, default=None, help="timed repetitions per run (default 15, quick 3)")
+    ap.add_argument("--reps", type=int, default=None, help="timed repetitions per run (default 21, quick 3)")
     ap.add_argument("--no-two-step-leaves", action="store_true",
                     help="skip compiling adaptx's two-step path on the many-leaf tree (the slowest compile)")
     args = ap.parse_args(argv)
@@ -53,7 +53,7 @@ def main(argv=None):
         ap.error(f"unknown suites {sorted(unknown)}; choose from {', '.join(SUITES)}")
     n = 1 << (args.size_log2 or (14 if args.quick else 24))
     leaves = args.leaves or (20 if args.quick else 1000)
-    reps = args.reps or (3 if args.quick else 15)
+    reps = args.reps or (3 if args.quick else 21)
 
     meta = dict(
         date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
