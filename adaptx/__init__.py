@@ -1,6 +1,7 @@
 """adaptx: adaptive-learning-rate optimizers for JAX, as composable gradient transformations."""
 from adaptx.adam import AdamState, NadamState, scale_by_adam, scale_by_adamax, scale_by_nadam
 from adaptx.base import EmptyState, GradientTransformation, apply_updates, chain, identity
+from adaptx.flat import flat_state
 from adaptx.fused import update_and_apply
 from adaptx.hyperparams import HyperparamsState, hyperparams, set_hyperparams, with_hyperparams
 from adaptx.moments import bias_correction, ema, trace
@@ -18,6 +19,6 @@ __all__ = [
     "scale_by_adam", "scale_by_adamax", "scale_by_nadam", "AdamState", "NadamState",
     "scale_by_learning_rate", "add_decayed_weights", "clip_by_global_norm",
     "with_hyperparams", "hyperparams", "set_hyperparams", "HyperparamsState",
-    "update_and_apply", "make_train_step",
+    "update_and_apply", "make_train_step", "flat_state",
     "sgd", "adagrad", "rmsprop", "adam", "adamw", "adadelta", "adamax", "nadam",
 ]

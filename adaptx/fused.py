@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from adaptx import _numerics as nx
-from adaptx import kernels
+from adaptx import _packing, kernels
 from adaptx._validate import check_tree_match
 from adaptx.adam import AdamState
 from adaptx.base import GradientTransformation, apply_updates
@@ -29,6 +29,11 @@ _FAST: "weakref.WeakKeyDictionary[Callable, Callable]" = weakref.WeakKeyDictiona
 def register(tx: GradientTransformation, update_and_apply_fn: Callable) -> None:
     """Make ``update_and_apply_fn`` the one-pass step of ``tx`` (see :func:`adaptx.with_hyperparams`)."""
     _FAST[tx.update] = update_and_apply_fn
+
+
+def lookup(tx: GradientTransformation):
+    """The one-pass step registered for ``tx``, or None."""
+    return _FAST.get(tx.update)
 
 
 def update_and_apply(tx: GradientTransformation, grads, state, params):
@@ -45,28 +50,55 @@ def update_and_apply(tx: GradientTransformation, grads, state, params):
     return apply_updates(params, updates), state
 
 
-def _leaves(params, grads, *moments):
-    """Flat leaf lists when the kernel can take this tree, else None."""
+def kernel_takes(params, grads) -> bool:
+    """Whether the kernel can step these params: float32/bfloat16 leaves, grads alike, on CPU."""
     if jax.default_backend() != "cpu":
-        return None
-    check_tree_match(grads, moments[0], "optimizer state")
-    treedef = jax.tree.structure(moments[0])
-    if jax.tree.structure(params) != treedef:
-        return None
+        return False
     flat_p, flat_g = jax.tree.leaves(params), jax.tree.leaves(grads)
-    flat_m = [jax.tree.leaves(m) for m in moments]
-    suits = all(
-        p.dtype in kernels.LEAF_DTYPES and g.dtype == p.dtype and p.shape == g.shape for p, g in zip(flat_p, flat_g)
-    ) and all(m.dtype == jnp.float32 for ms in flat_m for m in ms)
-    if not suits or not kernels.available():
+    return (len(flat_p) == len(flat_g)
+            and all(p.dtype in kernels.LEAF_DTYPES and g.dtype == p.dtype and p.shape == g.shape
+                    for p, g in zip(flat_p, flat_g))
+            and kernels.available())
+
+
+def _leaves(params, grads, *moments):
+    """How the kernel sees this step, or None when it cannot take it.
+
+    Moments are either trees shaped like the params (one array per leaf) or,
+    under :func:`adaptx.flat_state`, one float32 buffer per param dtype.
+    """
+    same_tree = jax.tree.structure(params) == jax.tree.structure(moments[0]) and all(
+        jnp.shape(p) == jnp.shape(m) for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(moments[0])))
+    if same_tree:
+        check_tree_match(grads, moments[0], "optimizer state")
+        flat = False
+    elif isinstance(moments[0], dict) and set(moments[0]) == set(_packing.layout(params)):
+        flat = True
+    else:
         return None
-    return treedef, flat_p, flat_g, flat_m
+    if not (kernel_takes(params, grads) and all(m.dtype == jnp.float32 for m in jax.tree.leaves(moments))):
+        return None
+    return flat, params, grads, moments
 
 
 def _run(name, hyper, leaves):
-    treedef, flat_p, flat_g, flat_m = leaves
-    new_p, new_m = kernels.step(name, hyper, flat_p, flat_g, flat_m)
-    return treedef.unflatten(new_p), [treedef.unflatten(m) for m in new_m]
+    """Run the kernel; returns the new params and the new moments, each in its layout."""
+    flat, params, grads, moments = leaves
+    treedef = jax.tree.structure(params)
+    flat_p, flat_g = jax.tree.leaves(params), jax.tree.leaves(grads)
+    if not flat:
+        new_p, new_m = kernels.step(name, hyper, flat_p, flat_g, [jax.tree.leaves(m) for m in moments])
+        return treedef.unflatten(new_p), [treedef.unflatten(m) for m in new_m]
+    new_p, new_m = list(flat_p), [dict(m) for m in moments]
+    for dtype, where in _packing.layout(params).items():
+        index, offsets = [i for i, _ in where], [o for _, o in where]
+        stepped, buffers = kernels.step(name, hyper, [flat_p[i] for i in index], [flat_g[i] for i in index],
+                                        [m[dtype] for m in moments], offsets)
+        for i, p in zip(index, stepped):
+            new_p[i] = p
+        for m, buffer in zip(new_m, buffers):
+            m[dtype] = buffer
+    return treedef.unflatten(new_p), new_m
 
 
 def adam_kernel(grads, inner, params, *, learning_rate, b1, b2, eps, weight_decay=None):

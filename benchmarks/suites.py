@@ -50,12 +50,18 @@ def many_leaves(leaves: int, reps: int, two_step: bool = True):
     params = {f"p{i:04d}": jnp.ones((s,), jnp.float32) for i, s in enumerate(sizes)}
     grads = jax.tree.map(lambda a: a * 0.1, params)
     tx, otx = adaptx.adam(1e-3), optax.adam(1e-3)
-    contenders = {"adaptx": (steppers.adaptx_fused_step(tx), tx), "optax": (steppers.two_step(otx, optax.apply_updates), otx)}
+    flat = adaptx.flat_state(tx)
+    contenders = {
+        "adaptx": (steppers.adaptx_fused_step(tx), tx),
+        "adaptx flat_state": (steppers.adaptx_fused_step(flat), flat),
+        "optax": (steppers.two_step(otx, optax.apply_updates), otx),
+    }
     if two_step:
         contenders["adaptx two-step"] = (steppers.two_step(tx, adaptx.apply_updates), tx)
     # What JAX and XLA cost for this many arrays whatever the step does: the
     # same signature, returning params and state untouched.
     contenders["floor: donated identity"] = (lambda p, s, g: (p, s), tx)
+    contenders["floor: donated identity, flat state"] = (lambda p, s, g: (p, s), flat)
     runs, extra = {}, {}
     for name, (step_fn, t) in contenders.items():
         phases = compile_phases(jax.jit(step_fn, donate_argnums=(0, 1)), params, t.init(params), grads)

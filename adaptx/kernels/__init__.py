@@ -86,33 +86,53 @@ def unavailable_reason() -> Optional[str]:
     return _state.get("reason")
 
 
-def step(optimizer: str, hyper: dict, params: Sequence, grads: Sequence, moments: Sequence[Sequence]):
+def step(optimizer: str, hyper: dict, params: Sequence, grads: Sequence, moments: Sequence, offsets=None):
     """Apply one step of ``optimizer`` to every leaf in one pass.
 
-    ``hyper`` maps :data:`SLOTS` names to float32 scalars (missing ones are 0);
-    ``moments`` holds one list of float32 leaves per moment. Returns the new
-    params and moments; each output aliases its input, so under a jit with
-    donated buffers the step writes in place.
+    ``hyper`` maps :data:`SLOTS` names to float32 scalars (missing ones are 0).
+    ``moments`` holds, per moment, a list of float32 leaves shaped like the
+    params; or, with ``offsets``, one flat float32 buffer per moment in which
+    leaf i starts at ``offsets[i]``. Returns the new params and moments in the
+    same layout. Each output aliases its input, so under a jit with donated
+    buffers the step writes in place.
     """
     vector = jnp.stack([jnp.asarray(hyper.get(name, 0.0), jnp.float32) for name in SLOTS])
-    leaves = list(zip(params, grads, *moments))
-    outputs = []
-    for start in range(0, len(leaves), LEAVES_PER_CALL):
-        outputs += _call(optimizer, vector, leaves[start:start + LEAVES_PER_CALL])
-    new = list(zip(*outputs)) if outputs else [[] for _ in range(1 + len(moments))]
-    return list(new[0]), [list(m) for m in new[1:]]
+    new_params, new_moments = [], [[] for _ in moments] if offsets is None else list(moments)
+    for start in range(0, len(params), LEAVES_PER_CALL):
+        group = slice(start, start + LEAVES_PER_CALL)
+        if offsets is None:
+            leaf_moments = [m[group] for m in moments]
+            p, ms = _call(optimizer, vector, params[group], grads[group], leaf_moments, shared=[], offsets=None)
+            for k, m in enumerate(ms):
+                new_moments[k] += m
+        else:  # the flat buffers go through every call in turn, updated in place
+            p, new_moments = _call(optimizer, vector, params[group], grads[group], [], new_moments, offsets[group])
+        new_params += p
+    return new_params, new_moments
 
 
-def _call(optimizer, vector, leaves):
-    """One custom call over ``leaves`` [(p, g, *moments)]; returns [(p, *moments)]."""
-    per_leaf = len(leaves[0])
+def _call(optimizer, vector, params, grads, leaf_moments, shared, offsets):
+    """One custom call; returns (new params, new per-leaf moment lists or new shared buffers)."""
     operands, results, aliases = [vector], [], {}
-    for i, (p, g, *ms) in enumerate(leaves):
-        operands += [p, g, *ms]
-        for k, x in enumerate((p, *ms)):
-            aliases[1 + i * per_leaf + (0 if k == 0 else k + 1)] = len(results)
-            results.append(jax.ShapeDtypeStruct(x.shape, x.dtype))
+
+    def alias(x):
+        aliases[len(operands) - 1] = len(results)
+        results.append(jax.ShapeDtypeStruct(x.shape, x.dtype))
+
+    for i, (p, g) in enumerate(zip(params, grads)):
+        operands.append(p)
+        alias(p)
+        operands.append(g)
+        for m in (m[i] for m in leaf_moments):
+            operands.append(m)
+            alias(m)
+    for buffer in shared:
+        operands.append(buffer)
+        alias(buffer)
     call = jax.ffi.ffi_call(TARGET, results, input_output_aliases=aliases, vmap_method="sequential")
-    out = call(*operands, optimizer=np.int32(OPTIMIZERS[optimizer]), parallel_min=np.int64(PARALLEL_MIN))
-    width = per_leaf - 1
-    return [tuple(out[i * width:(i + 1) * width]) for i in range(len(leaves))]
+    out = call(*operands, optimizer=np.int32(OPTIMIZERS[optimizer]), parallel_min=np.int64(PARALLEL_MIN),
+               flat=offsets is not None, offsets=np.asarray(offsets if offsets is not None else [0] * len(params), np.int64))
+    if offsets is not None:
+        return list(out[:len(params)]), list(out[len(params):])
+    width = 1 + len(leaf_moments)
+    return list(out[0::width]), [list(out[k::width]) for k in range(1, width)]

@@ -166,32 +166,41 @@ struct Work {
 
 constexpr int64_t kChunk = 1 << 15;
 
+// Operands after the hyperparameters, for k leaves and M moments (M = 2 for Adam):
+//   per-leaf layout (flat = false): (p, g, m1..mM) per leaf -> (p, m1..mM) per leaf
+//   flat layout (flat = true):      (p, g) per leaf, then M flat moment buffers
+//                                    -> p per leaf, then the M buffers;
+//                                    leaf i's moments start at offsets[i] in them.
 ffi::Error FusedStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
-                     ffi::RemainingRets rets, int32_t optimizer, int64_t parallel_min) {
+                     ffi::RemainingRets rets, int32_t optimizer, int64_t parallel_min, bool flat,
+                     ffi::Span<const int64_t> offsets) {
   if (hyper.element_count() != kSlots) return ffi::Error::InvalidArgument("adaptx: wrong hyperparameter vector");
-  const int moments = optimizer == kAdam ? 2 : 1;
-  const size_t in_per_leaf = 2 + moments, out_per_leaf = 1 + moments;
-  if (args.size() % in_per_leaf != 0 || rets.size() != args.size() / in_per_leaf * out_per_leaf)
+  const size_t moments = optimizer == kAdam ? 2 : 1;
+  const size_t k = offsets.size();
+  const size_t in_per_leaf = flat ? 2 : 2 + moments, out_per_leaf = flat ? 1 : 1 + moments;
+  const size_t shared = flat ? moments : 0;
+  if (args.size() != k * in_per_leaf + shared || rets.size() != k * out_per_leaf + shared)
     return ffi::Error::InvalidArgument("adaptx: operands do not form whole leaves");
   auto work = std::make_shared<Work>();
   std::memcpy(work->h.h, hyper.typed_data(), sizeof(work->h.h));
   work->opt = optimizer;
-  const size_t n_leaves = args.size() / in_per_leaf;
+  // Moment j of leaf i: operand and result buffer, and where the leaf starts in them.
+  auto moment = [&](size_t i, size_t j, const float** in, float** out) {
+    const size_t arg = flat ? k * in_per_leaf + j : i * in_per_leaf + 2 + j;
+    const size_t ret = flat ? k * out_per_leaf + j : i * out_per_leaf + 1 + j;
+    *in = static_cast<const float*>(args.get<ffi::AnyBuffer>(arg).value().untyped_data()) + offsets[i];
+    *out = static_cast<float*>(rets.get<ffi::AnyBuffer>(ret).value()->untyped_data()) + offsets[i];
+  };
   int64_t total = 0;
-  for (size_t i = 0; i < n_leaves; ++i) {
+  for (size_t i = 0; i < k; ++i) {
     auto p = args.get<ffi::AnyBuffer>(i * in_per_leaf).value();
     auto g = args.get<ffi::AnyBuffer>(i * in_per_leaf + 1).value();
-    auto m = args.get<ffi::AnyBuffer>(i * in_per_leaf + 2).value();
     auto p_out = rets.get<ffi::AnyBuffer>(i * out_per_leaf).value();
-    auto m_out = rets.get<ffi::AnyBuffer>(i * out_per_leaf + 1).value();
     const bool bf16 = p.element_type() == ffi::DataType::BF16;
-    Leaf leaf{p_out->untyped_data(), g.untyped_data(), static_cast<float*>(m_out->untyped_data()), nullptr,
-              p.untyped_data(), static_cast<const float*>(m.untyped_data()), nullptr,
+    Leaf leaf{p_out->untyped_data(), g.untyped_data(), nullptr, nullptr, p.untyped_data(), nullptr, nullptr,
               bf16 ? sizeof(uint16_t) : sizeof(float), bf16};
-    if (moments == 2) {
-      leaf.v_in = static_cast<const float*>(args.get<ffi::AnyBuffer>(i * in_per_leaf + 3).value().untyped_data());
-      leaf.v = static_cast<float*>(rets.get<ffi::AnyBuffer>(i * out_per_leaf + 2).value()->untyped_data());
-    }
+    moment(i, 0, &leaf.m_in, &leaf.m);
+    if (moments == 2) moment(i, 1, &leaf.v_in, &leaf.v);
     work->leaves.push_back(leaf);
     const int64_t n = static_cast<int64_t>(p.element_count());
     total += n;
@@ -216,4 +225,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdaptxFusedStep, FusedStep,
                                   .RemainingArgs()
                                   .RemainingRets()
                                   .Attr<int32_t>("optimizer")
-                                  .Attr<int64_t>("parallel_min"));
+                                  .Attr<int64_t>("parallel_min")
+                                  .Attr<bool>("flat")
+                                  .Attr<ffi::Span<const int64_t>>("offsets"));
