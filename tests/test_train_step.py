@@ -33,8 +33,11 @@ def hand_written(tx, params, batch, steps):
     return params, state, loss
 
 
-@pytest.mark.parametrize("make_tx", [lambda: adaptx.adam(1e-2), lambda: adaptx.rmsprop(1e-2, momentum=0.9)],
-                         ids=["adam-kernel", "rmsprop-momentum-jnp"])
+@pytest.mark.parametrize(
+    "make_tx",
+    [lambda: adaptx.adam(1e-2), lambda: adaptx.flat_state(adaptx.adam(1e-2)), lambda: adaptx.rmsprop(1e-2, momentum=0.9)],
+    ids=["adam-kernel", "adam-flat-state", "rmsprop-momentum-jnp"],
+)
 def test_matches_hand_written_step(make_tx):
     params, batch = problem()
     tx = make_tx()
