@@ -6,8 +6,9 @@ loop wrote. :func:`update_and_apply` computes the same new params and state,
 and for the optimizers that have a one-pass kernel (``adam``, ``adamw``,
 ``adagrad``, ``rmsprop`` without momentum or centering; float32 or bfloat16
 params with float32 moments, on CPU) it runs that kernel instead: every
-param, gradient and moment is read once and written once, and a pytree of
-any number of leaves is one operation to trace and compile.
+param, gradient and moment is read once and written once, and every 16
+leaves are one operation to trace and compile. :func:`adaptx.flat_state`
+cuts the per-leaf cost further by keeping the moments in flat buffers.
 """
 import weakref
 from typing import Callable
