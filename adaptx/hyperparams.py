@@ -1,5 +1,5 @@
 """Hyperparameters as traced optimizer state: change them without recompiling, sweep them with vmap."""
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,8 @@ import numpy as np
 
 from adaptx import _numerics as nx
 from adaptx._validate import RANGES, check_range, concrete
-from adaptx.base import GradientTransformation
+from adaptx.base import GradientTransformation, apply_updates
+from adaptx.fused import register
 
 
 # Decay rates whose complement 1 − β is kept beside them (see adaptx._numerics.Rate).
@@ -37,7 +38,9 @@ def _arguments(hyperparams, complements, scheduled) -> dict:
     return args
 
 
-def with_hyperparams(build: Callable[..., GradientTransformation], /, **values) -> GradientTransformation:
+def with_hyperparams(
+    build: Callable[..., GradientTransformation], /, *, fused: Optional[Callable] = None, **values
+) -> GradientTransformation:
     """Run ``build(**values)`` with every hyperparameter read from the state.
 
     Numbers and arrays in ``values`` are stored in the state as arrays (float32,
@@ -46,6 +49,11 @@ def with_hyperparams(build: Callable[..., GradientTransformation], /, **values) 
     update with those arrays, so a jitted step compiled once keeps working after
     :func:`set_hyperparams`, and ``jax.vmap`` over states sweeps them. Calling
     ``build`` once here validates the concrete values immediately.
+
+    ``fused(grads, inner_state, params, **arguments) -> (params, inner_state)``,
+    when given, is a one-pass equivalent of ``build(**arguments).update`` plus
+    :func:`adaptx.apply_updates` that :func:`adaptx.update_and_apply` runs; it
+    returns None for leaves it cannot take, and the two steps run instead.
     """
     schedules = {k: v for k, v in values.items() if callable(v)}
     constants = {k: v for k, v in values.items() if not callable(v)}
@@ -69,18 +77,34 @@ def with_hyperparams(build: Callable[..., GradientTransformation], /, **values) 
         inner = build(**_arguments(hyperparams, complements, scheduled)).init(params)
         return HyperparamsState(count, hyperparams, complements, scheduled, inner)
 
-    def update(updates, state, params=None):
+    def run(state, inner_step):
+        """``inner_step(arguments, inner_state) -> (result, inner_state)`` under the stored hyperparameters."""
         if not isinstance(state, HyperparamsState):
             raise TypeError(f"expected a HyperparamsState, got {type(state).__name__}: was the state made by another optimizer?")
         missing = set(values) - set(state.hyperparams) - set(state.scheduled)
         if missing:
             raise ValueError(f"the state lacks hyperparameters {sorted(missing)}: it was made by another optimizer")
         scheduled = evaluate(state.count)
-        tx = build(**_arguments(state.hyperparams, state.complements, scheduled))
-        updates, inner = tx.update(updates, state.inner_state, params)
-        return updates, state._replace(count=nx.increment(state.count), scheduled=scheduled, inner_state=inner)
+        result, inner = inner_step(_arguments(state.hyperparams, state.complements, scheduled), state.inner_state)
+        return result, state._replace(count=nx.increment(state.count), scheduled=scheduled, inner_state=inner)
 
-    return GradientTransformation(init, update)
+    def update(updates, state, params=None):
+        return run(state, lambda args, inner: build(**args).update(updates, inner, params))
+
+    def update_and_apply(grads, state, params):
+        def inner_step(args, inner):
+            done = fused(grads, inner, params, **args)
+            if done is not None:
+                return done
+            updates, inner = build(**args).update(grads, inner, params)
+            return apply_updates(params, updates), inner
+
+        return run(state, inner_step)
+
+    tx = GradientTransformation(init, update)
+    if fused is not None:
+        register(tx, update_and_apply)
+    return tx
 
 
 def _as_float_array(value) -> jax.Array:

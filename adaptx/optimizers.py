@@ -9,6 +9,7 @@ dtypes (default: float32 for bfloat16 and float16 params, else the param dtype).
 from adaptx._validate import check_range
 from adaptx.adam import scale_by_adam, scale_by_adamax, scale_by_nadam
 from adaptx.base import GradientTransformation, chain, identity
+from adaptx.fused import adagrad_kernel, adam_kernel, rmsprop_kernel
 from adaptx.groups import masked
 from adaptx.hyperparams import with_hyperparams
 from adaptx.moments import trace
@@ -60,7 +61,7 @@ def adagrad(learning_rate, initial_accumulator=0.0, eps=1e-10, *, nu_dtype=None)
             scale_by_learning_rate(learning_rate),
         )
 
-    return with_hyperparams(build, learning_rate=learning_rate, eps=eps)
+    return with_hyperparams(build, fused=adagrad_kernel, learning_rate=learning_rate, eps=eps)
 
 
 def rmsprop(
@@ -82,7 +83,11 @@ def rmsprop(
             scale_by_learning_rate(learning_rate),
         )
 
-    return with_hyperparams(build, **_hyper(momentum, learning_rate=learning_rate, decay=decay, eps=eps))
+    plain = not (centered or eps_in_sqrt) and isinstance(momentum, (int, float)) and momentum == 0
+    return with_hyperparams(
+        build, fused=rmsprop_kernel if plain else None,
+        **_hyper(momentum, learning_rate=learning_rate, decay=decay, eps=eps),
+    )
 
 
 def adam(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, amsgrad=False, *, mu_dtype=None, nu_dtype=None) -> GradientTransformation:
@@ -99,7 +104,9 @@ def adam(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, amsgrad=False, *, mu_dt
             scale_by_learning_rate(learning_rate),
         )
 
-    return with_hyperparams(build, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps)
+    return with_hyperparams(
+        build, fused=None if amsgrad else adam_kernel, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps
+    )
 
 
 def adamw(
@@ -124,7 +131,9 @@ def adamw(
         )
 
     return with_hyperparams(
-        build, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay
+        # The one-pass kernel decays every leaf, so a mask takes the blocks' path.
+        build, fused=None if amsgrad or mask is not None else adam_kernel,
+        learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
     )
 
 

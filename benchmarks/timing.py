@@ -1,0 +1,40 @@
+"""Interleaved wall-clock timing and the trace / lower / compile split of a jitted step."""
+import statistics
+import time
+from typing import Callable, Dict, List
+
+
+def interleaved(runs: Dict[str, Callable[[], None]], reps: int) -> Dict[str, List[float]]:
+    """Seconds per call of each run, calling them in turn ``reps`` times after one warm-up each.
+
+    Taking turns means a burst of load from other processes lands on every
+    contender, not on whichever happened to be running then.
+    """
+    for run in runs.values():
+        run()
+    times = {name: [] for name in runs}
+    for _ in range(reps):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median_ms(seconds: List[float]) -> float:
+    return statistics.median(seconds) * 1e3
+
+
+def compile_phases(jitted, *args) -> Dict[str, object]:
+    """Trace, lower and compile ``jitted`` for ``args``, timing each phase; returns the executable too."""
+    start = time.perf_counter()
+    traced = jitted.trace(*args)
+    traced_at = time.perf_counter()
+    lowered = traced.lower()
+    lowered_at = time.perf_counter()
+    compiled = lowered.compile()
+    done_at = time.perf_counter()
+    return {
+        "trace_s": traced_at - start, "lower_s": lowered_at - traced_at, "compile_s": done_at - lowered_at,
+        "compiled": compiled,
+    }
