@@ -9,10 +9,12 @@ def main(argv=None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo", help="run the seed experiments and write PNG figures and summary.md",
-        description="Adagrad vs RMSProp, the RMSprop table, and every optimizer's path on two 2-D problems.",
+        description="Adagrad vs RMSProp, the RMSprop table, every optimizer's path on two 2-D problems,"
+        " and an MLP on scikit-learn's digits with effective learning rates and a learning-rate sweep.",
     )
     demo.add_argument("--out", default="adaptx-demo", help="output folder (default: %(default)s)")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    demo.add_argument("--quick", action="store_true", help="fewer training steps on the digits (CI-sized)")
     args = parser.parse_args(argv)
 
     try:
@@ -20,7 +22,7 @@ def main(argv=None) -> int:
     except ImportError as error:
         parser.exit(1, f"error: {error}\n")
     started = time.perf_counter()
-    summary = demo_module.run(args.out, progress_bar=not args.no_progress)
+    summary = demo_module.run(args.out, progress_bar=not args.no_progress, quick=args.quick)
     print(f"wrote {summary.parent}/ ({summary.name} and the figures) in {time.perf_counter() - started:.1f} s")
     return 0
 

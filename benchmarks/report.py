@@ -3,6 +3,8 @@ import json
 from pathlib import Path
 
 NOTES = Path(__file__).with_name("notes.md")
+# Written by benchmarks/sweep_bench.py (issue 5): sweeps and monitor overhead.
+SWEEPS = Path(__file__).with_name("RESULTS_sweeps.md")
 
 
 def _find(records, suite, run):
@@ -152,6 +154,5 @@ def write(records, meta, out_dir: Path):
         "## (b) Many leaves", "", *_many_leaves_table(records), "",
         "## (c) bfloat16 params, float32 moments", "", *_bf16_table(records), "",
     ]
-    if NOTES.exists():
-        md += [NOTES.read_text()]
+    md += [part.read_text() for part in (NOTES, SWEEPS) if part.exists()]
     (out_dir / "RESULTS.md").write_text("\n".join(md) + "\n")

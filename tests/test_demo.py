@@ -12,7 +12,10 @@ import pytest
 from adaptx.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[1]
-FIGURES = ["adagrad_vs_rmsprop.png", "paths_quadratic.png", "paths_rosenbrock.png", "losses.png"]
+FIGURES = [
+    "adagrad_vs_rmsprop.png", "paths_quadratic.png", "paths_rosenbrock.png", "losses.png",
+    "digits_curves.png", "digits_effective_lr.png", "digits_lr_sweep.png",
+]
 
 # Seed 003's printout: x, y after each step and the loss before it.
 SEED_003 = """
@@ -26,11 +29,11 @@ Epoch 9: x = 1.3489, y = 1.3489, loss = 25.5132 Epoch 10: x = 1.1959, y = 1.1959
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """The whole demo, run once through the command line into a fresh folder."""
+    """The whole demo, run once through the command line (CI-sized) into a fresh folder."""
     out = tmp_path_factory.mktemp("demo") / "out"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert main(["demo", "--out", str(out), "--no-progress"]) == 0
+        assert main(["demo", "--out", str(out), "--no-progress", "--quick"]) == 0
     return out, printed.getvalue()
 
 
@@ -56,7 +59,7 @@ def test_summary_embeds_the_figures_and_every_section(demo):
     summary = (out / "summary.md").read_text()
     embedded = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", summary)
     assert sorted(embedded) == sorted(FIGURES)
-    assert len(re.findall(r"^## ", summary, re.M)) == 3
+    assert len(re.findall(r"^## ", summary, re.M)) == 4
     for optimizer in ["sgd", "sgd+momentum", "adagrad", "rmsprop", "adam", "adamw", "adadelta", "adamax", "nadam"]:
         assert re.search(rf"^\| {re.escape(optimizer)} \|", summary, re.M), optimizer
 
@@ -84,7 +87,7 @@ def test_adagrad_effective_learning_rate_shrinks_and_rmsprops_grows_back():
 def test_sections_are_pluggable(tmp_path):
     from adaptx import demo
 
-    def extra(out_dir, progress):
+    def extra(out_dir, progress, quick):
         (out_dir / "extra.txt").write_text("written")
         progress.update(2)
         return "## Extra\n\nA section added from outside."
@@ -129,3 +132,14 @@ def test_readme_python_blocks_run_in_order():
         exec(compile(block, "README.md", "exec"), namespace)
     assert float(namespace["value"]) < 1e-6
     assert namespace["losses"].shape == (9, 200)
+
+
+def test_digits_section_reports_every_optimizer_learning(demo):
+    from adaptx.demo import digits_report
+
+    out, _ = demo
+    summary = (out / "summary.md").read_text()
+    rows = [line for line in summary.splitlines() if line.startswith("| ") and "%" in line]
+    assert [row.split(" | ")[0][2:] for row in rows] == list(digits_report.OPTIMIZERS)
+    # Every optimizer learns the digits far beyond chance (10 %) at its best learning rate.
+    assert all(float(row.split(" | ")[4].rstrip("%")) > 80 for row in rows)

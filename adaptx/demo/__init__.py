@@ -1,9 +1,10 @@
 """``python -m adaptx demo``: the seeds' experiments as PNG figures and a markdown summary.
 
 The demo is a list of sections. A section is a function
-``section(out_dir, progress) -> str`` that writes its files into ``out_dir``,
+``section(out_dir, progress, quick) -> str`` that writes its files into ``out_dir``,
 advances the tqdm bar ``progress`` by its declared ``work`` and returns its
-part of summary.md, starting with a ``##`` heading. Add one by appending a
+part of summary.md, starting with a ``##`` heading; ``quick`` asks for a
+CI-sized run (sections whose time is all compilation ignore it). Add one by appending a
 :class:`Section` to :data:`SECTIONS`.
 """
 import platform
@@ -14,12 +15,12 @@ from typing import Callable, NamedTuple
 import jax
 
 import adaptx
-from adaptx.demo import adagrad_vs_rmsprop, optimizer_paths, rmsprop_table
+from adaptx.demo import adagrad_vs_rmsprop, digits_report, optimizer_paths, rmsprop_table
 from adaptx.demo._extras import tqdm
 
 
 class Section(NamedTuple):
-    run: Callable[[Path, tqdm], str]
+    run: Callable[[Path, tqdm, bool], str]
     work: int  # progress-bar units run() advances
 
 
@@ -27,17 +28,18 @@ SECTIONS = [
     Section(adagrad_vs_rmsprop.section, adagrad_vs_rmsprop.WORK),
     Section(rmsprop_table.section, rmsprop_table.WORK),
     Section(optimizer_paths.section, optimizer_paths.WORK),
+    Section(digits_report.section, digits_report.WORK),
 ]
 
 
-def run(out_dir, sections=None, progress_bar: bool = True) -> Path:
+def run(out_dir, sections=None, progress_bar: bool = True, quick: bool = False) -> Path:
     """Run ``sections`` (default: all) into ``out_dir`` and return the path of summary.md."""
     sections = SECTIONS if sections is None else sections
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with tqdm(total=sum(s.work for s in sections), desc="adaptx demo", unit="task", disable=not progress_bar) as progress:
-        parts = [section.run(out_dir, progress) for section in sections]
+        parts = [section.run(out_dir, progress, quick) for section in sections]
     seconds = time.perf_counter() - started
     header = (
         "# adaptx demo\n\n"

@@ -41,7 +41,7 @@ def runs(progress=None) -> dict:
     return results
 
 
-def section(out_dir: Path, progress) -> str:
+def section(out_dir: Path, progress, quick: bool = False) -> str:
     results = runs(progress)
     figure_path = out_dir / "adagrad_vs_rmsprop.png"
     _plot(results, figure_path)

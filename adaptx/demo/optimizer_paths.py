@@ -64,7 +64,7 @@ def pick(paths: np.ndarray, losses: np.ndarray) -> Best:
     return Best(float(LEARNING_RATES[best]), paths[best], losses[best])
 
 
-def section(out_dir: Path, progress) -> str:
+def section(out_dir: Path, progress, quick: bool = False) -> str:
     results = {}
     for name, make in OPTIMIZERS.items():
         progress.set_postfix_str(name)

@@ -35,7 +35,7 @@ def rows() -> np.ndarray:
     return np.stack([run.params["x"][1:], run.params["y"][1:], run.losses[:-1]], axis=1)
 
 
-def section(out_dir: Path, progress) -> str:
+def section(out_dir: Path, progress, quick: bool = False) -> str:
     values = rows()
     progress.update()
     printed = [[f"{v:.4f}" for v in row] for row in values]

@@ -87,18 +87,26 @@ def run_all(data: digits.Split, steps: int, record_every: int, progress: bool) -
         return list(pool.map(sweep, OPTIMIZERS))
 
 
-def section(out_dir: pathlib.Path, progress: bool, quick: bool) -> str:
-    """Train, plot into ``out_dir`` and return the report's markdown (PNG links relative to it)."""
-    from adaptx import demo_digits_plots as plots
+WORK = 1  # the six sweeps run side by side, so the bar advances once at the end
+
+
+def section(out_dir: pathlib.Path, progress=None, quick: bool = False) -> str:
+    """Train, plot into ``out_dir`` and return the report's markdown (PNG links relative to it).
+
+    ``progress``: the demo's tqdm bar, advanced by :data:`WORK` (None: a bar per optimizer).
+    """
+    from adaptx.demo import digits_plots as plots
 
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     steps, record_every = (150, 10) if quick else (600, 20)
     data = digits.load()
-    runs = run_all(data, steps, record_every, progress)
+    runs = run_all(data, steps, record_every, progress is None)
     plots.curves(runs, out_dir / FILES[0])
     plots.effective_rates(runs, out_dir / FILES[1])
     plots.sweep_heatmap(runs, LEARNING_RATES, out_dir / FILES[2])
+    if progress is not None:
+        progress.update(WORK)
     return _markdown(runs, data, steps)
 
 
