@@ -109,9 +109,10 @@ def with_hyperparams(
 
 def _as_float_array(value) -> jax.Array:
     """A strongly typed floating array: a weak type would retrace after set_hyperparams."""
-    dtype = getattr(value, "dtype", None)
-    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-        dtype = jnp.result_type(float)
+    dtype, default = getattr(value, "dtype", None), jnp.dtype(jnp.result_type(float))
+    # NumPy float64 without x64 is stored as float32 up front, not truncated with a warning.
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating) or jnp.dtype(dtype).itemsize > default.itemsize:
+        dtype = default
     return jnp.asarray(value, dtype)
 
 
