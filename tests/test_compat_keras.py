@@ -238,10 +238,10 @@ def test_learning_rate_schedule_matches_keras(preset, request):
 
 
 def test_suggested_gradient_accumulation_matches_keras():
-    """The error for gradient_accumulation_steps points to optax.MultiSteps; it gives keras' numbers."""
+    """The error for gradient_accumulation_steps points to adaptx.accumulate_gradients; it gives keras' numbers."""
     kwargs, rng = _draw("accumulation", OWN["Adam"])
     params, grads = _problem(rng)
-    tx = optax.MultiSteps(kx.Adam(**kwargs), every_k_schedule=3)
+    tx = adaptx.accumulate_gradients(kx.Adam(**kwargs), 3)
     keras_params, _, ours, _ = run_both(
         keras.optimizers.Adam(**kwargs, gradient_accumulation_steps=3), tx, params, grads
     )
@@ -322,7 +322,7 @@ def test_set_beta_matches_construction_bit_for_bit():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(use_ema=True), "incremental_update"),
-    (dict(gradient_accumulation_steps=4), "MultiSteps"),
+    (dict(gradient_accumulation_steps=4), "accumulate_gradients"),
     (dict(clipnorm=1.0, clipvalue=1.0), "only one of"),
     (dict(beta_1=1.5), "beta_1"),
     (dict(epsilon=-1e-7), "epsilon"),

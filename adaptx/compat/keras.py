@@ -50,9 +50,9 @@ def _refuse_unsupported(arguments) -> None:
     if arguments["gradient_accumulation_steps"]:
         raise ValueError(
             "gradient_accumulation_steps is not supported here: wrap the optimizer instead,"
-            " optax.MultiSteps(adaptx.compat.keras.<Optimizer>(...), every_k_schedule=k), which"
-            " also averages k gradients and takes one step (its learning-rate schedule counts"
-            " taken steps, where keras' counts every micro-batch)"
+            " adaptx.accumulate_gradients(adaptx.compat.keras.<Optimizer>(...), k), which also"
+            " averages k gradients and takes one step (its learning-rate schedule counts taken"
+            " steps, where keras' counts every micro-batch)"
         )
 
 
