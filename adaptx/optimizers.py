@@ -45,23 +45,28 @@ def sgd(learning_rate, momentum=0.0, nesterov=False, *, mu_dtype=None) -> Gradie
     return with_hyperparams(build, **_hyper(momentum, learning_rate=learning_rate))
 
 
-def adagrad(learning_rate, initial_accumulator=0.0, eps=1e-10, *, nu_dtype=None) -> GradientTransformation:
+def adagrad(
+    learning_rate, initial_accumulator=0.0, eps=1e-10, *, eps_in_sqrt=False, nu_dtype=None,
+) -> GradientTransformation:
     """Adagrad (Duchi, Hazan & Singer, 2011).
 
-        G ← G + g²,    θ ← θ − η·g / (√G + ε)
+        G ← G + g²,    θ ← θ − η·g / (√G + ε)       (θ ← θ − η·g / √(G + ε) with ``eps_in_sqrt``)
 
     Defaults as torch.optim.Adagrad (G₀ = 0, ε = 1e-10 outside the root);
-    optax.adagrad and keras start at G₀ = 0.1 with ε = 1e-7 inside the root.
-    ``initial_accumulator`` only shapes the initial state, so it is a
-    construction argument, not a settable hyperparameter.
+    optax.adagrad and keras start at G₀ = 0.1 with ε = 1e-7 inside the root:
+    ``adagrad(η, 0.1, 1e-7, eps_in_sqrt=True)``. ``initial_accumulator`` only
+    shapes the initial state, so it is a construction argument, not a settable
+    hyperparameter.
     """
     def build(learning_rate, eps):
         return chain(
-            accumulate_squares(eps, initial_accumulator, nu_dtype=nu_dtype),
+            accumulate_squares(eps, initial_accumulator, eps_in_sqrt, nu_dtype=nu_dtype),
             scale_by_learning_rate(learning_rate),
         )
 
-    return with_hyperparams(build, fused=adagrad_kernel, learning_rate=learning_rate, eps=eps)
+    # The one-pass kernel implements ε outside the root only.
+    fused = None if eps_in_sqrt else adagrad_kernel
+    return with_hyperparams(build, fused=fused, learning_rate=learning_rate, eps=eps)
 
 
 def rmsprop(

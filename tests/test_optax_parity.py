@@ -62,6 +62,9 @@ CASES = [
      lambda h: adaptx.sgd(**h, nesterov=True), {"learning_rate": LR, "momentum": uniform(0.1, 0.99)}),
     ("adagrad", optax.adagrad, _adagrad,
      {"learning_rate": LR, "initial_accumulator_value": uniform(0.01, 1.0), "eps": EPS}),
+    ("adagrad-alias", optax.adagrad,
+     lambda h: adaptx.adagrad(h["learning_rate"], h["initial_accumulator_value"], h["eps"], eps_in_sqrt=True),
+     {"learning_rate": LR, "initial_accumulator_value": uniform(0.01, 1.0), "eps": EPS}),
     *[(f"rmsprop-{name}", functools.partial(optax.rmsprop, **options), _rmsprop(**options),
        {"learning_rate": LR, "decay": DECAY, "eps": EPS,
         **({"momentum": uniform(0.1, 0.99)} if "nesterov" in options else {})})
