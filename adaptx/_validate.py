@@ -92,18 +92,18 @@ def check_tree_match(
     for (got_path, got_leaf), (want_path, want_leaf) in zip(got, want):
         if got_path != want_path:
             raise ValueError(
-                f"{subject} have a leaf at {_where(got_path)} where the {what} has one at"
-                f" {_where(want_path)}: {advice}"
+                f"{subject} have a leaf at {path_name(got_path)} where the {what} has one at"
+                f" {path_name(want_path)}: {advice}"
             )
         if np.shape(got_leaf) != np.shape(want_leaf):
             raise ValueError(
-                f"{subject} at {_where(got_path)} have shape {np.shape(got_leaf)} but the"
+                f"{subject} at {path_name(got_path)} have shape {np.shape(got_leaf)} but the"
                 f" {what} there has shape {np.shape(want_leaf)}: {advice}"
             )
     if len(got) != len(want):
         longer, path = (subject, got[len(want)][0]) if len(got) > len(want) else (
             what, want[len(got)][0])
-        raise ValueError(f"there is an extra leaf in the {longer} at {_where(path)}: {advice}")
+        raise ValueError(f"there is an extra leaf in the {longer} at {path_name(path)}: {advice}")
     if got_def != want_def:
         raise ValueError(
             f"{subject} and the {what} have the same leaves but different containers:"
@@ -111,5 +111,6 @@ def check_tree_match(
         )
 
 
-def _where(path) -> str:
+def path_name(path) -> str:
+    """A key path as users write it (``['layer'][0]``), or "the root" for the empty path."""
     return jax.tree_util.keystr(path) or "the root"

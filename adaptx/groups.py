@@ -4,6 +4,7 @@ from typing import Any, Callable, Hashable, NamedTuple, Union
 import jax
 import numpy as np
 
+from adaptx._validate import path_name
 from adaptx.base import GradientTransformation
 
 # A pytree shaped like the params (or a prefix of them), or a function of the params returning one.
@@ -107,7 +108,7 @@ def partition(transforms: dict, labels: TreeOrFunction) -> GradientTransformatio
         for path, label in zip(paths, found):
             if label not in transforms:
                 raise ValueError(
-                    f"the leaf at {jax.tree_util.keystr(path) or 'the root'} is labelled {label!r}, which has"
+                    f"the leaf at {path_name(path)} is labelled {label!r}, which has"
                     f" no transformation; give partition one for each of {sorted(set(found), key=repr)}"
                 )
         return found

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adaptx._validate import path_name
 from adaptx.base import GradientTransformation
 
 
@@ -72,10 +73,6 @@ def _leaves(tree):
     return jax.tree_util.tree_flatten_with_path(tree)[0]
 
 
-def _where(path) -> str:
-    return jax.tree_util.keystr(path) or "the root"
-
-
 def _assert_pure(tx, grads, state, params):
     """Call ``tx.update`` on NumPy copies of grads and params and assert it left its inputs as they were."""
     inputs = (jax.tree.map(np.array, (grads, params)), state)
@@ -87,7 +84,7 @@ def _assert_pure(tx, grads, state, params):
               " (assigned into a dict or list it was given)")
     for (path, now), then in zip(_leaves(inputs[0]), jax.tree.leaves(values)):
         if not np.array_equal(now, then, equal_nan=True):
-            _fail("pure", f"(grads, params){_where(path)}", "update wrote into its input array")
+            _fail("pure", f"(grads, params){path_name(path)}", "update wrote into its input array")
 
 
 def _aval(leaf) -> tuple:
@@ -102,7 +99,7 @@ def _assert_same_avals(what: str, got, want, weak_types: bool):
         if not weak_types:
             got_aval, want_aval = got_aval[:2], want_aval[:2]
         if got_aval != want_aval:
-            _fail("state" if weak_types else "tree", f"{what}, {_where(path)}",
+            _fail("state" if weak_types else "tree", f"{what}, {path_name(path)}",
                   f"(shape, dtype{', weak type' if weak_types else ''}) {got_aval} is not {want_aval}")
 
 
@@ -110,7 +107,7 @@ def _assert_all_finite(what: str, tree):
     for path, leaf in _leaves(tree):
         array = np.asarray(leaf)
         if _is_float(array.dtype) and not np.all(np.isfinite(array.astype(np.float64))):
-            _fail("finite", f"{what}{_where(path)}", "holds NaN or Inf")
+            _fail("finite", f"{what}{path_name(path)}", "holds NaN or Inf")
 
 
 def _is_float(dtype) -> bool:
@@ -123,15 +120,15 @@ def _assert_close(what: str, got, want, ulps: float):
     for (path, a), b in zip(_leaves(got), jax.tree.leaves(want)):
         a, b = np.asarray(a), np.asarray(b)
         if a.dtype != b.dtype:
-            _fail("jit", f"{what}{_where(path)}", f"dtype {a.dtype} is not {b.dtype}")
+            _fail("jit", f"{what}{path_name(path)}", f"dtype {a.dtype} is not {b.dtype}")
         if not _is_float(a.dtype):
             if not np.array_equal(a, b):
-                _fail("jit", f"{what}{_where(path)}", f"{a} is not {b}")
+                _fail("jit", f"{what}{path_name(path)}", f"{a} is not {b}")
             continue
         tolerance = ulps * float(jnp.finfo(a.dtype).eps)
         a, b = a.astype(np.float64), b.astype(np.float64)
         scale = max(np.max(np.abs(b), initial=0.0), np.finfo(np.float64).tiny)
         error = np.max(np.abs(a - b), initial=0.0) / scale
         if not error <= tolerance:
-            _fail("jit", f"{what}{_where(path)}",
+            _fail("jit", f"{what}{path_name(path)}",
                   f"differs from eager by {error:.3g} relative to its largest magnitude (allowed {tolerance:.3g})")
