@@ -25,19 +25,13 @@ RANGES = {
     "loss_scale": (0.0, math.inf, False, False),
     "decay_rate": (0.0, math.inf, True, False),
     "dampening": (0.0, 1.0, True, True),
-    # torch.optim's names for the same quantities (adaptx.compat.torch).
-    "lr": (0.0, math.inf, True, False),
-    "lr_decay": (0.0, math.inf, True, False),
-    "alpha": (0.0, 1.0, True, False),
-    "beta1": (0.0, 1.0, True, False),
-    "beta2": (0.0, 1.0, True, False),
-    "initial_accumulator_value": (0.0, math.inf, True, False),
 }
-# The keras names adaptx.compat.keras stores hyperparameters under.
+# torch.optim's and keras' names for the same quantities (adaptx.compat.torch, adaptx.compat.keras).
 RANGES.update(
-    beta_1=RANGES["b1"], beta_2=RANGES["b2"], epsilon=RANGES["eps"],
-    initial_accumulator_value=RANGES["initial_accumulator"], clipnorm=RANGES["max_norm"],
-    global_clipnorm=RANGES["max_norm"], clipvalue=RANGES["max_value"],
+    lr=RANGES["learning_rate"], lr_decay=RANGES["decay_rate"], alpha=RANGES["decay"],
+    beta1=RANGES["b1"], beta2=RANGES["b2"], beta_1=RANGES["b1"], beta_2=RANGES["b2"],
+    epsilon=RANGES["eps"], initial_accumulator_value=RANGES["initial_accumulator"],
+    clipnorm=RANGES["max_norm"], global_clipnorm=RANGES["max_norm"], clipvalue=RANGES["max_value"],
     loss_scale_factor=RANGES["loss_scale"],
 )
 
