@@ -1,42 +1,53 @@
-"""adaptx: adaptive-learning-rate optimizers for JAX, as composable gradient transformations."""
-from adaptx.accumulate import AccumulateState, accumulate_gradients
-from adaptx.adam import AdamState, NadamState, scale_by_adam, scale_by_adamax, scale_by_nadam
-from adaptx.base import EmptyState, GradientTransformation, apply_updates, chain, identity
-from adaptx.flat import flat_state
-from adaptx.fused import update_and_apply
-from adaptx.groups import MaskedNode, MaskedState, PartitionState, masked, partition
-from adaptx.guard import SkipNonfiniteState, all_finite, raise_if_gave_up, skip_nonfinite
-from adaptx.hyperparams import HyperparamsState, hyperparams, set_hyperparams, with_hyperparams
-from adaptx.moments import bias_correction, ema, trace
-from adaptx.monitor import LeafDiagnostics, MonitorState, monitor, monitor_stats
-from adaptx.optimizers import adadelta, adagrad, adam, adamax, adamw, nadam, rmsprop, sgd
-from adaptx.scaling import accumulate_squares, scale_by_adadelta, scale_by_rms
-from adaptx.sweep import grid, sweep
-from adaptx.sweep_result import SweepResult
-from adaptx.train import make_train_step
-from adaptx.transforms import (
+"""adaptx: adaptive-learning-rate optimizers for JAX, as composable gradient transformations.
+
+The public names live here; the modules behind them are private (``adaptx._src``).
+Public submodules: ``adaptx.compat.torch``, ``adaptx.compat.keras``,
+``adaptx.checkpoint``, ``adaptx.sharding`` and ``adaptx.testing``.
+"""
+from adaptx._src.accumulate import AccumulateState, accumulate_gradients
+from adaptx._src.adam import AdamState, NadamState, scale_by_adam, scale_by_adamax, scale_by_nadam
+from adaptx._src.aliases import adadelta, adagrad, adam, adamax, adamw, nadam, rmsprop, sgd
+from adaptx._src.base import EmptyState, GradientTransformation, apply_updates, chain, identity
+from adaptx._src.flat import flat_state
+from adaptx._src.fused import update_and_apply
+from adaptx._src.groups import MaskedNode, MaskedState, PartitionState, masked, partition
+from adaptx._src.guard import SkipNonfiniteState, all_finite, raise_if_gave_up, skip_nonfinite
+from adaptx._src.hyperparams import HyperparamsState, hyperparams, set_hyperparams, with_hyperparams
+from adaptx._src.moments import bias_correction, ema, trace
+from adaptx._src.monitor import LeafDiagnostics, MonitorState, monitor, monitor_stats
+
+from adaptx._src.scaling import accumulate_squares, scale_by_adadelta, scale_by_rms
+from adaptx._src.sweep import grid, sweep
+from adaptx._src.sweep_result import SweepResult
+from adaptx._src.train import make_train_step
+from adaptx._src.transforms import (
     add_decayed_weights, clip_by_global_norm, clip_by_norm, clip_by_value, scale, scale_by_inverse_time_decay,
     scale_by_learning_rate, unscale_gradients,
 )
-from adaptx import checkpoint, sharding, testing  # noqa: E402  (submodules: adaptx.testing.check_transformation, ...)
+from adaptx import checkpoint, compat, sharding, testing  # noqa: E402  (public submodules)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
+    # protocol
     "GradientTransformation", "EmptyState", "apply_updates", "chain", "identity",
+    # blocks
     "accumulate_squares", "scale_by_rms", "scale_by_adadelta",
     "ema", "trace", "bias_correction",
     "scale_by_adam", "scale_by_adamax", "scale_by_nadam", "AdamState", "NadamState",
     "scale_by_learning_rate", "add_decayed_weights", "clip_by_global_norm",
-    "clip_by_norm", "clip_by_value", "unscale_gradients",
-    "scale", "scale_by_inverse_time_decay",
+    "clip_by_norm", "clip_by_value", "unscale_gradients", "scale", "scale_by_inverse_time_decay",
+    # hyperparameters as state
     "with_hyperparams", "hyperparams", "set_hyperparams", "HyperparamsState",
-    "update_and_apply", "make_train_step", "flat_state",
+    # optimizers
     "sgd", "adagrad", "rmsprop", "adam", "adamw", "adadelta", "adamax", "nadam",
+    # wrappers
     "skip_nonfinite", "raise_if_gave_up", "all_finite", "SkipNonfiniteState",
     "accumulate_gradients", "AccumulateState",
     "masked", "partition", "MaskedNode", "MaskedState", "PartitionState",
-    "checkpoint", "sharding", "testing",
-    "sweep", "grid", "SweepResult",
     "monitor", "monitor_stats", "MonitorState", "LeafDiagnostics",
+    # fast path and tools
+    "update_and_apply", "make_train_step", "flat_state",
+    "sweep", "grid", "SweepResult",
+    "checkpoint", "compat", "sharding", "testing",
 ]

@@ -10,8 +10,8 @@ from typing import Any, Optional
 
 import jax
 
-from adaptx._validate import check_tree_match
-from adaptx.base import GradientTransformation
+from adaptx._src.validate import check_tree_match
+from adaptx._src.base import GradientTransformation
 
 
 def _orbax():

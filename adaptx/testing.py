@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adaptx._validate import path_name
-from adaptx.base import GradientTransformation
+from adaptx._src.validate import path_name
+from adaptx._src.base import GradientTransformation
 
 
 def random_like(tree: Any, seed: int = 0) -> Any:

@@ -15,6 +15,7 @@ import jax
 import optax
 
 import adaptx
+from adaptx._src import kernels
 from benchmarks import report, suites
 
 SUITES = ("single", "leaves", "bf16")
@@ -60,7 +61,7 @@ def main(argv=None):
         command="python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
         machine=machine(), load_start=load(), n=n, leaves=leaves, reps=reps,
         versions=f"jax {jax.__version__}, optax {optax.__version__}, adaptx {adaptx.__version__}"
-                 f" (one-pass kernel {'built' if adaptx.kernels.available() else 'unavailable: ' + str(adaptx.kernels.unavailable_reason())})",
+                 f" (one-pass kernel {'built' if kernels.available() else 'unavailable: ' + str(kernels.unavailable_reason())})",
     )
     records = []
     if "single" in only:

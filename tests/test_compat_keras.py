@@ -22,10 +22,10 @@ import optax
 import pytest
 
 import adaptx
-from adaptx.adam import AdamState, NadamState
+from adaptx._src.adam import AdamState, NadamState
 from adaptx.compat import keras as kx
-from adaptx.moments import MomentState
-from adaptx.scaling import AccumulatorState, AdadeltaState, RmsState
+from adaptx._src.moments import MomentState
+from adaptx._src.scaling import AccumulatorState, AdadeltaState, RmsState
 
 if keras.backend.backend() != "jax":
     raise RuntimeError(

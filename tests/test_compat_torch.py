@@ -20,10 +20,10 @@ import pytest
 import torch
 
 import adaptx
-from adaptx.adam import AdamState, NadamState
+from adaptx._src.adam import AdamState, NadamState
 from adaptx.compat import torch as compat
-from adaptx.moments import DampedMomentState, MomentState
-from adaptx.scaling import AccumulatorState, AdadeltaState, RmsState
+from adaptx._src.moments import DampedMomentState, MomentState
+from adaptx._src.scaling import AccumulatorState, AdadeltaState, RmsState
 from _parity import (TRACES, identical, log_uniform, random_grads, random_params,
                      relative_deviation, trajectory, uniform)
 

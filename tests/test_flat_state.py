@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import adaptx
-from adaptx._packing import pack, unpack
+from adaptx._src.packing import pack, unpack
 
 
 def mixed_tree():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import adaptx
-from adaptx import kernels
+from adaptx._src import kernels
 
 OPTIMIZERS = {
     "adam": lambda: adaptx.adam(1e-2),

@@ -13,7 +13,7 @@ import optax
 import pytest
 
 import adaptx
-from adaptx import _numerics
+from adaptx._src import numerics as _numerics
 from _parity import log_uniform, random_grads, random_params, relative_deviation, trajectory, uniform
 
 TOLERANCE = 1e-5

@@ -22,14 +22,14 @@ tool to use instead; ``name`` labels keras variables and has no effect here.
 """
 import inspect
 
-from adaptx._numerics import rate_value
-from adaptx._validate import check_range
-from adaptx.adam import scale_by_adam, scale_by_adamax, scale_by_nadam
-from adaptx.base import GradientTransformation, chain
-from adaptx.hyperparams import with_hyperparams
-from adaptx.moments import trace
-from adaptx.scaling import accumulate_squares, scale_by_adadelta, scale_by_rms
-from adaptx.transforms import (
+from adaptx._src.numerics import rate_value
+from adaptx._src.validate import check_range
+from adaptx._src.adam import scale_by_adam, scale_by_adamax, scale_by_nadam
+from adaptx._src.base import GradientTransformation, chain
+from adaptx._src.hyperparams import with_hyperparams
+from adaptx._src.moments import trace
+from adaptx._src.scaling import accumulate_squares, scale_by_adadelta, scale_by_rms
+from adaptx._src.transforms import (
     add_decayed_weights, clip_by_global_norm, clip_by_norm, clip_by_value, scale_by_learning_rate,
     unscale_gradients,
 )

@@ -35,13 +35,13 @@ bfloat16/float16 params are float32 (torch keeps the param dtype).
 """
 from typing import Any
 
-from adaptx._validate import check_range, concrete
-from adaptx.adam import scale_by_adam, scale_by_adamax, scale_by_nadam
-from adaptx.base import GradientTransformation, chain, identity
-from adaptx.hyperparams import with_hyperparams
-from adaptx.moments import trace
-from adaptx.scaling import accumulate_squares, scale_by_adadelta, scale_by_rms
-from adaptx.transforms import (
+from adaptx._src.validate import check_range, concrete
+from adaptx._src.adam import scale_by_adam, scale_by_adamax, scale_by_nadam
+from adaptx._src.base import GradientTransformation, chain, identity
+from adaptx._src.hyperparams import with_hyperparams
+from adaptx._src.moments import trace
+from adaptx._src.scaling import accumulate_squares, scale_by_adadelta, scale_by_rms
+from adaptx._src.transforms import (
     add_decayed_weights, scale, scale_by_inverse_time_decay, scale_by_learning_rate,
 )
 

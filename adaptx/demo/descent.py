@@ -4,8 +4,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from adaptx.base import GradientTransformation, apply_updates
-from adaptx.hyperparams import set_hyperparams
+from adaptx._src.base import GradientTransformation, apply_updates
+from adaptx._src.hyperparams import set_hyperparams
 
 
 class Descent(NamedTuple):

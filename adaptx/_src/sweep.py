@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from adaptx.base import GradientTransformation, apply_updates
-from adaptx.hyperparams import hyperparams, set_hyperparams
-from adaptx.sweep_result import SweepResult
+from adaptx._src.base import GradientTransformation, apply_updates
+from adaptx._src.hyperparams import hyperparams, set_hyperparams
+from adaptx._src.sweep_result import SweepResult
 
 Settings = Union[Sequence[Mapping[str, Any]], Mapping[str, Sequence[Any]]]
 

@@ -3,8 +3,8 @@ from typing import Any, Callable
 
 import jax
 
-from adaptx.base import GradientTransformation
-from adaptx.fused import update_and_apply
+from adaptx._src.base import GradientTransformation
+from adaptx._src.fused import update_and_apply
 
 
 def make_train_step(

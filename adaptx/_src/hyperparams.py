@@ -5,10 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adaptx import _numerics as nx
-from adaptx._validate import RANGES, check_range, concrete
-from adaptx.base import GradientTransformation, apply_updates
-from adaptx.fused import register
+from adaptx._src import numerics as nx
+from adaptx._src.validate import RANGES, check_range, concrete
+from adaptx._src.base import GradientTransformation, apply_updates
+from adaptx._src.fused import register
 
 
 # Decay rates whose complement 1 − β is kept beside them (see adaptx._numerics.Rate).

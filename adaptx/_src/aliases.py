@@ -6,15 +6,15 @@ readable and settable through :func:`adaptx.hyperparams` and
 ``mu_dtype`` / ``nu_dtype`` choose the first / second-moment accumulator
 dtypes (default: float32 for bfloat16 and float16 params, else the param dtype).
 """
-from adaptx._validate import check_range
-from adaptx.adam import scale_by_adam, scale_by_adamax, scale_by_nadam
-from adaptx.base import GradientTransformation, chain, identity
-from adaptx.fused import adagrad_kernel, adam_kernel, rmsprop_kernel
-from adaptx.groups import masked
-from adaptx.hyperparams import with_hyperparams
-from adaptx.moments import trace
-from adaptx.scaling import accumulate_squares, scale_by_adadelta, scale_by_rms
-from adaptx.transforms import add_decayed_weights, scale_by_learning_rate
+from adaptx._src.validate import check_range
+from adaptx._src.adam import scale_by_adam, scale_by_adamax, scale_by_nadam
+from adaptx._src.base import GradientTransformation, chain, identity
+from adaptx._src.fused import adagrad_kernel, adam_kernel, rmsprop_kernel
+from adaptx._src.groups import masked
+from adaptx._src.hyperparams import with_hyperparams
+from adaptx._src.moments import trace
+from adaptx._src.scaling import accumulate_squares, scale_by_adadelta, scale_by_rms
+from adaptx._src.transforms import add_decayed_weights, scale_by_learning_rate
 
 
 def _momentum(momentum, nesterov, mu_dtype):

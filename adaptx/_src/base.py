@@ -8,7 +8,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from adaptx._validate import check_tree_match
+from adaptx._src.validate import check_tree_match
 
 PyTree = Any
 Params = PyTree

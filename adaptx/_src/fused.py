@@ -16,12 +16,12 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from adaptx import _numerics as nx
-from adaptx import _packing, kernels
-from adaptx._validate import check_tree_match
-from adaptx.adam import AdamState
-from adaptx.base import GradientTransformation, apply_updates
-from adaptx.scaling import AccumulatorState, RmsState
+from adaptx._src import numerics as nx
+from adaptx._src import kernels, packing as _packing
+from adaptx._src.validate import check_tree_match
+from adaptx._src.adam import AdamState
+from adaptx._src.base import GradientTransformation, apply_updates
+from adaptx._src.scaling import AccumulatorState, RmsState
 
 # tx.update -> its one-pass (grads, state, params) -> (params, state)
 _FAST: "weakref.WeakKeyDictionary[Callable, Callable]" = weakref.WeakKeyDictionary()

@@ -4,9 +4,9 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from adaptx import _numerics as nx
-from adaptx._validate import check_range, check_tree_match
-from adaptx.base import GradientTransformation
+from adaptx._src import numerics as nx
+from adaptx._src.validate import check_range, check_tree_match
+from adaptx._src.base import GradientTransformation
 
 
 def _scalar_dtype():

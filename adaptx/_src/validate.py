@@ -5,7 +5,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from adaptx._numerics import rate_value
+from adaptx._src.numerics import rate_value
 
 # Allowed range of each hyperparameter name: (low, high, low_closed, high_closed).
 RANGES = {

@@ -4,9 +4,9 @@ from typing import Any, Callable, NamedTuple, Union
 import jax
 import jax.numpy as jnp
 
-from adaptx import _numerics as nx
-from adaptx._validate import check_range, check_tree_match
-from adaptx.base import EmptyState, GradientTransformation
+from adaptx._src import numerics as nx
+from adaptx._src.validate import check_range, check_tree_match
+from adaptx._src.base import EmptyState, GradientTransformation
 
 Schedule = Callable[[jax.Array], Any]
 ScalarOrSchedule = Union[float, jax.Array, Schedule]

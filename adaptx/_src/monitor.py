@@ -4,10 +4,10 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from adaptx import _numerics as nx
-from adaptx._validate import check_range
-from adaptx.base import GradientTransformation
-from adaptx.hyperparams import _find
+from adaptx._src import numerics as nx
+from adaptx._src.validate import check_range
+from adaptx._src.base import GradientTransformation
+from adaptx._src.hyperparams import _find
 
 
 class LeafDiagnostics(NamedTuple):

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from adaptx import _numerics as nx
-from adaptx._validate import concrete
-from adaptx.base import GradientTransformation
+from adaptx._src import numerics as nx
+from adaptx._src.validate import concrete
+from adaptx._src.base import GradientTransformation
 
 
 class SkipNonfiniteState(NamedTuple):

@@ -2,9 +2,9 @@
 import jax
 import jax.numpy as jnp
 
-from adaptx import fused
-from adaptx._packing import pack, unpack
-from adaptx.base import GradientTransformation, apply_updates
+from adaptx._src import fused
+from adaptx._src.packing import pack, unpack
+from adaptx._src.base import GradientTransformation, apply_updates
 
 
 def flat_state(tx: GradientTransformation) -> GradientTransformation:

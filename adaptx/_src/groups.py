@@ -4,8 +4,8 @@ from typing import Any, Callable, Hashable, NamedTuple, Union
 import jax
 import numpy as np
 
-from adaptx._validate import path_name
-from adaptx.base import GradientTransformation
+from adaptx._src.validate import path_name
+from adaptx._src.base import GradientTransformation
 
 # A pytree shaped like the params (or a prefix of them), or a function of the params returning one.
 TreeOrFunction = Union[Any, Callable[[Any], Any]]

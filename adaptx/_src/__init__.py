@@ -1,0 +1,1 @@
+"""adaptx internals: import from ``adaptx`` (the curated namespace), not from here."""
