@@ -5,7 +5,7 @@ Public submodules: ``adaptx.compat.torch``, ``adaptx.compat.keras``,
 ``adaptx.checkpoint``, ``adaptx.sharding`` and ``adaptx.testing``.
 """
 from adaptx._src.accumulate import AccumulateState, accumulate_gradients
-from adaptx._src.adam import AdamState, NadamState, scale_by_adam, scale_by_adamax, scale_by_nadam
+from adaptx._src.adam import ScaleByAdamState, ScaleByAmsgradState, ScaleByNadamState, scale_by_adam, scale_by_adamax, scale_by_nadam
 from adaptx._src.aliases import adadelta, adagrad, adam, adamax, adamw, nadam, rmsprop, sgd
 from adaptx._src.base import EmptyState, GradientTransformation, apply_updates, chain, identity
 from adaptx._src.flat import flat_state
@@ -14,6 +14,7 @@ from adaptx._src.groups import MaskedNode, MaskedState, PartitionState, masked, 
 from adaptx._src.guard import SkipNonfiniteState, all_finite, raise_if_gave_up, skip_nonfinite
 from adaptx._src.hyperparams import HyperparamsState, hyperparams, set_hyperparams, with_hyperparams
 from adaptx._src.moments import bias_correction, ema, trace
+from adaptx._src.numerics import Rate
 from adaptx._src.monitor import LeafDiagnostics, MonitorState, monitor, monitor_stats
 
 from adaptx._src.scaling import accumulate_squares, scale_by_adadelta, scale_by_rms
@@ -33,8 +34,8 @@ __all__ = [
     "GradientTransformation", "EmptyState", "apply_updates", "chain", "identity",
     # blocks
     "accumulate_squares", "scale_by_rms", "scale_by_adadelta",
-    "ema", "trace", "bias_correction",
-    "scale_by_adam", "scale_by_adamax", "scale_by_nadam", "AdamState", "NadamState",
+    "ema", "trace", "bias_correction", "Rate",
+    "scale_by_adam", "scale_by_adamax", "scale_by_nadam", "ScaleByAdamState", "ScaleByAmsgradState", "ScaleByNadamState",
     "scale_by_learning_rate", "add_decayed_weights", "clip_by_global_norm",
     "clip_by_norm", "clip_by_value", "unscale_gradients", "scale", "scale_by_inverse_time_decay",
     # hyperparameters as state

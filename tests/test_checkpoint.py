@@ -90,7 +90,7 @@ def test_restoring_into_another_optimizer_names_what_differs(tmp_path):
 
 def test_check_state_names_the_first_difference():
     checkpoint.check_state(adaptx.adam(1e-3), PARAMS, adaptx.adam(0.5).init(PARAMS))
-    with pytest.raises(ValueError, match=r"the state this optimizer makes has hyperparams\.decay \(and 1 more\) that"
+    with pytest.raises(ValueError, match=r"the state this optimizer makes has hyperparams\.decay that"
                                          r" the given state lacks"):
         checkpoint.check_state(adaptx.rmsprop(1e-3), PARAMS, adaptx.adam(1e-3).init(PARAMS))
 

@@ -22,7 +22,7 @@ import optax
 import pytest
 
 import adaptx
-from adaptx._src.adam import AdamState, NadamState
+from adaptx._src.adam import AdamMoments, AmsgradMoments, NadamMoments
 from adaptx.compat import keras as kx
 from adaptx._src.moments import MomentState
 from adaptx._src.scaling import AccumulatorState, AdadeltaState, RmsState
@@ -73,8 +73,9 @@ OWN = {
     "Nadam": ["learning_rate", "beta_1", "beta_2", "epsilon"],
 }
 # keras optimizer attribute -> (adaptx state type, field, sign): the state both keep.
-_ADAM_STATE = {"_momentums": (AdamState, "mu", 1), "_velocities": (AdamState, "nu", 1),
-               "_velocity_hats": (AdamState, "nu_max", 1)}
+_ADAM_STATE = {"_momentums": ((AdamMoments, AmsgradMoments), "mu", 1),
+               "_velocities": ((AdamMoments, AmsgradMoments), "nu", 1),
+               "_velocity_hats": (AmsgradMoments, "nu_max", 1)}
 STATE = {
     "SGD": {"momentums": (MomentState, "mu", 1)},  # both hold m = β·m − η·g
     "Adagrad": {"_accumulators": (AccumulatorState, "nu", 1)},
@@ -84,9 +85,9 @@ STATE = {
     "AdamW": _ADAM_STATE,
     "Adadelta": {"_accumulated_grads": (AdadeltaState, "nu", 1),
                  "_accumulated_delta_vars": (AdadeltaState, "delta", 1)},
-    "Adamax": {"_m": (AdamState, "mu", 1), "_u": (AdamState, "nu", 1)},
-    "Nadam": {"_momentums": (NadamState, "mu", 1), "_velocities": (NadamState, "nu", 1),
-              "_u_product": (NadamState, "mu_product", 1)},
+    "Adamax": {"_m": (AdamMoments, "mu", 1), "_u": (AdamMoments, "nu", 1)},
+    "Nadam": {"_momentums": (NadamMoments, "mu", 1), "_velocities": (NadamMoments, "nu", 1),
+              "_u_product": (NadamMoments, "mu_product", 1)},
 }
 
 
@@ -303,7 +304,8 @@ def test_hyperparameters_keep_keras_names():
 
 
 def test_set_beta_matches_construction_bit_for_bit():
-    """beta_1 and beta_2 keep double-precision complements after set_hyperparams, like at construction."""
+    """A state set to β steps exactly like an optimizer built with the stored float32 β, whether
+    set with set_hyperparams or optax's tree_set."""
     params = {"w": jnp.linspace(-1.0, 1.0, 5)}
     grads = {"w": jnp.linspace(0.3, -2.0, 5)}
 
@@ -314,10 +316,13 @@ def test_set_beta_matches_construction_bit_for_bit():
             p = adaptx.apply_updates(p, updates)
         return p["w"]
 
-    built = kx.Adam(beta_1=0.8, beta_2=0.99)
+    built = kx.Adam(beta_1=float(np.float32(0.8)), beta_2=float(np.float32(0.99)))
     tx = kx.Adam()
+    expected = trajectory(built, built.init(params))
     state = adaptx.set_hyperparams(tx.init(params), beta_1=0.8, beta_2=0.99)
-    np.testing.assert_array_equal(trajectory(tx, state), trajectory(built, built.init(params)))
+    np.testing.assert_array_equal(trajectory(tx, state), expected)
+    state = optax.tree_utils.tree_set(tx.init(params), beta_1=jnp.float32(0.8), beta_2=jnp.float32(0.99))
+    np.testing.assert_array_equal(trajectory(tx, state), expected)
 
 
 @pytest.mark.parametrize("kwargs, message", [

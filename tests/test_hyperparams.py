@@ -102,7 +102,11 @@ def test_vmap_over_hyperparams_equals_each_member(name):
         params, states = swept(params, states, grads)
     for i in range(len(members)):
         own = adaptx.set_hyperparams(tx.init(PARAMS), **{k: v[i] for k, v in batch.items()})
-        assert_trees_equal(jax.tree.map(lambda x: x[i], (params, states)), run(step, own))
+        # The same float32 formula, but XLA vectorises a batch of three differently from one
+        # member (FMA contraction in vector loops vs scalar epilogues, which varies by CPU), so
+        # each step may round a few ops differently: a few ulp per step, never a semantic gap.
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=8 * STEPS * 2.0**-23, atol=1e-7),
+                     jax.tree.map(lambda x: x[i], (params, states)), run(step, own))
 
 
 def _step(tx, params, state, grads):
@@ -125,13 +129,13 @@ def test_schedule_is_read_at_the_step_count():
         params, state = step(params, state, grads)
         manual = adaptx.set_hyperparams(manual, learning_rate=staircase(t))
         manual_params, manual = manual_step(manual_params, manual, grads)
-        assert adaptx.hyperparams(state)["learning_rate"] == staircase(t)
     assert_trees_equal(params, manual_params)
+    assert "learning_rate" not in adaptx.hyperparams(state)  # a schedule is not state
 
 
 def test_a_schedule_cannot_be_set():
     state = adaptx.adam(staircase).init(PARAMS)
-    with pytest.raises(ValueError, match="learning_rate is a schedule"):
+    with pytest.raises(ValueError, match="no hyperparameter 'learning_rate'.*Schedules"):
         adaptx.set_hyperparams(state, learning_rate=0.1)
 
 
@@ -148,7 +152,7 @@ def test_absent_momentum_says_how_to_make_it_settable():
 
 def test_shape_mismatch_points_to_vmap():
     state = adaptx.adam().init(PARAMS)
-    with pytest.raises(ValueError, match=r"learning_rate has shape \(\) .* shape \(3,\).*jax.vmap"):
+    with pytest.raises(ValueError, match=r"learning_rate must be a scalar.*shape \(3,\).*vmap"):
         adaptx.set_hyperparams(state, learning_rate=jnp.full(3, 1e-3))
 
 

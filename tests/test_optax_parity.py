@@ -39,13 +39,6 @@ def _rmsprop(**options):
     return build
 
 
-def _amsgrad(h):
-    return adaptx.chain(
-        adaptx.scale_by_adam(h["b1"], h["b2"], h["eps"], amsgrad=True, amsgrad_debiased_max=True),
-        adaptx.scale_by_learning_rate(h["learning_rate"]),
-    )
-
-
 def _adadelta(h):
     return adaptx.chain(
         adaptx.add_decayed_weights(h["weight_decay"]),
@@ -77,7 +70,6 @@ CASES = [
       ]],
     ("adam", optax.adam, lambda h: adaptx.adam(**h), ADAM),
     ("adamw", optax.adamw, lambda h: adaptx.adamw(**h), {**ADAM, "weight_decay": log_uniform(1e-4, 1e-1)}),
-    ("amsgrad", optax.amsgrad, _amsgrad, ADAM),
     ("adamax", optax.adamax, lambda h: adaptx.adamax(**h), ADAM),
     ("nadam", optax.nadam, lambda h: adaptx.nadam(**h, momentum_decay=None), ADAM),
     ("adadelta", optax.adadelta, _adadelta,
@@ -111,7 +103,7 @@ def test_optax_bias_correction_rounds_beta_to_float32(b2):
     nu = jnp.ones([], jnp.float32)
     count = jnp.ones([], jnp.int32)
     exact = 1.0 / (1.0 - b2)
-    ours = float(_numerics.debias(nu, b2, count))
+    ours = float(nu / _numerics.bias_correction(b2, count))
     theirs = float(optax.tree.bias_correction(nu, b2, count))
     assert abs(ours - exact) / exact < 1e-6
     float32_beta = 1.0 / (1.0 - float(np.float32(b2)))

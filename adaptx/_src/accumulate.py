@@ -35,13 +35,13 @@ def accumulate_gradients(tx: GradientTransformation, every_k: int) -> GradientTr
     def init(params):
         return AccumulateState(jnp.zeros([], jnp.int32), nx.zeros_like_tree(params), tx.init(params))
 
-    def update(updates, state, params=None):
+    def update(updates, state, params=None, **extra_args):
         check_tree_match(updates, state.grad_sum, "gradient sum")
         grad_sum = jax.tree.map(lambda s, g: s + g.astype(s.dtype), state.grad_sum, updates)
 
         def step(_):
             mean = jax.tree.map(lambda s, g: (s / every_k).astype(g.dtype), grad_sum, updates)
-            new_updates, inner = tx.update(mean, state.inner_state, params)
+            new_updates, inner = tx.update(mean, state.inner_state, params, **extra_args)
             return new_updates, inner, jax.tree.map(jnp.zeros_like, grad_sum)
 
         def wait(_):

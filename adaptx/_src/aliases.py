@@ -1,8 +1,11 @@
 """The optimizers: chains of public blocks, with hyperparameters held in the state.
 
-Each returns a :class:`GradientTransformation` whose numeric arguments are
-readable and settable through :func:`adaptx.hyperparams` and
-:func:`adaptx.set_hyperparams`; a learning rate may also be a schedule.
+Each is pure composition: a ``chain`` of public blocks inside
+:func:`adaptx.with_hyperparams`, so numeric arguments given as numbers are
+state (read with :func:`adaptx.hyperparams`, set with
+:func:`adaptx.set_hyperparams` or ``optax.tree_utils.tree_set``), arguments
+given as jax arrays are used as given (``optax.inject_hyperparams`` works),
+and any of them may be a schedule ``count -> value``.
 ``mu_dtype`` / ``nu_dtype`` choose the first / second-moment accumulator
 dtypes (default: float32 for bfloat16 and float16 params, else the param dtype).
 """
@@ -31,6 +34,9 @@ def _hyper(momentum, **values):
     return values
 
 
+_ADAM_RATES = ("b1", "b2")
+
+
 def sgd(learning_rate, momentum=0.0, nesterov=False, *, mu_dtype=None) -> GradientTransformation:
     """Stochastic gradient descent, with heavy-ball or Nesterov momentum.
 
@@ -39,7 +45,7 @@ def sgd(learning_rate, momentum=0.0, nesterov=False, *, mu_dtype=None) -> Gradie
     A momentum of exactly 0 keeps no buffer. Matches torch.optim.SGD with
     ``dampening=0`` and optax.sgd.
     """
-    def build(learning_rate, momentum=None):
+    def build(count, learning_rate, momentum=None):
         return chain(_momentum(momentum, nesterov, mu_dtype), scale_by_learning_rate(learning_rate))
 
     return with_hyperparams(build, **_hyper(momentum, learning_rate=learning_rate))
@@ -58,7 +64,7 @@ def adagrad(
     shapes the initial state, so it is a construction argument, not a settable
     hyperparameter.
     """
-    def build(learning_rate, eps):
+    def build(count, learning_rate, eps):
         return chain(
             accumulate_squares(eps, initial_accumulator, eps_in_sqrt, nu_dtype=nu_dtype),
             scale_by_learning_rate(learning_rate),
@@ -81,7 +87,7 @@ def rmsprop(
     ρ (``alpha``) = 0.99, keras to 0.9 with ε = 1e-7; optax puts ε inside the
     root (``eps_in_sqrt=True``). Momentum acts on the scaled gradient, as in torch.
     """
-    def build(learning_rate, decay, eps, momentum=None):
+    def build(count, learning_rate, decay, eps, momentum=None):
         return chain(
             scale_by_rms(decay, eps, eps_in_sqrt, centered, nu_dtype=nu_dtype, mu_dtype=mu_dtype),
             _momentum(momentum, nesterov, mu_dtype),
@@ -90,7 +96,7 @@ def rmsprop(
 
     plain = not (centered or eps_in_sqrt) and isinstance(momentum, (int, float)) and momentum == 0
     return with_hyperparams(
-        build, fused=rmsprop_kernel if plain else None,
+        build, rates=("decay",), fused=rmsprop_kernel if plain else None,
         **_hyper(momentum, learning_rate=learning_rate, decay=decay, eps=eps),
     )
 
@@ -103,14 +109,15 @@ def adam(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, amsgrad=False, *, mu_dt
     Defaults are the paper's and torch's and optax's; keras uses ε = 1e-7
     added to the uncorrected √v.
     """
-    def build(learning_rate, b1, b2, eps):
+    def build(count, learning_rate, b1, b2, eps):
         return chain(
-            scale_by_adam(b1, b2, eps, amsgrad=amsgrad, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+            scale_by_adam(b1, b2, eps, amsgrad=amsgrad, mu_dtype=mu_dtype, nu_dtype=nu_dtype, count=count),
             scale_by_learning_rate(learning_rate),
         )
 
     return with_hyperparams(
-        build, fused=None if amsgrad else adam_kernel, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps
+        build, rates=_ADAM_RATES, fused=None if amsgrad else adam_kernel,
+        learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
     )
 
 
@@ -127,17 +134,17 @@ def adamw(
     (a pytree of bools or a function of the params, see :func:`adaptx.masked`)
     limits the decay to some leaves, e.g. matrices but not biases and norms.
     """
-    def build(learning_rate, b1, b2, eps, weight_decay):
+    def build(count, learning_rate, b1, b2, eps, weight_decay):
         decay = add_decayed_weights(weight_decay)
         return chain(
-            scale_by_adam(b1, b2, eps, amsgrad=amsgrad, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+            scale_by_adam(b1, b2, eps, amsgrad=amsgrad, mu_dtype=mu_dtype, nu_dtype=nu_dtype, count=count),
             decay if mask is None else masked(decay, mask),
             scale_by_learning_rate(learning_rate),
         )
 
     return with_hyperparams(
         # The one-pass kernel decays every leaf, so a mask takes the blocks' path.
-        build, fused=None if amsgrad or mask is not None else adam_kernel,
+        build, rates=_ADAM_RATES, fused=None if amsgrad or mask is not None else adam_kernel,
         learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
     )
 
@@ -151,10 +158,10 @@ def adadelta(learning_rate=1.0, rho=0.9, eps=1e-6, *, nu_dtype=None) -> Gradient
     Defaults as torch.optim.Adadelta (η = 1, ρ = 0.9, ε = 1e-6); the paper has
     ρ = 0.95 and no η; keras uses η = 1e-3, ρ = 0.95, ε = 1e-7; optax ρ = 0.9.
     """
-    def build(learning_rate, rho, eps):
+    def build(count, learning_rate, rho, eps):
         return chain(scale_by_adadelta(rho, eps, nu_dtype=nu_dtype), scale_by_learning_rate(learning_rate))
 
-    return with_hyperparams(build, learning_rate=learning_rate, rho=rho, eps=eps)
+    return with_hyperparams(build, rates=("rho",), learning_rate=learning_rate, rho=rho, eps=eps)
 
 
 def adamax(learning_rate=2e-3, b1=0.9, b2=0.999, eps=1e-8, *, mu_dtype=None, nu_dtype=None) -> GradientTransformation:
@@ -165,13 +172,13 @@ def adamax(learning_rate=2e-3, b1=0.9, b2=0.999, eps=1e-8, *, mu_dtype=None, nu_
     η = 0.002 as in the paper and torch; keras defaults to 1e-3 and adds
     ε = 1e-7 outside the max; optax has no default learning rate.
     """
-    def build(learning_rate, b1, b2, eps):
+    def build(count, learning_rate, b1, b2, eps):
         return chain(
-            scale_by_adamax(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+            scale_by_adamax(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype, count=count),
             scale_by_learning_rate(learning_rate),
         )
 
-    return with_hyperparams(build, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps)
+    return with_hyperparams(build, rates=_ADAM_RATES, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps)
 
 
 def nadam(
@@ -184,13 +191,13 @@ def nadam(
     (see :func:`adaptx.scale_by_nadam`). Defaults are the paper's and torch's
     (ψ = 0.004); ``momentum_decay=None`` is optax.nadam (μₜ = β₁; no default η there).
     """
-    def build(learning_rate, b1, b2, eps, momentum_decay=None):
+    def build(count, learning_rate, b1, b2, eps, momentum_decay=None):
         return chain(
-            scale_by_nadam(b1, b2, eps, momentum_decay, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+            scale_by_nadam(b1, b2, eps, momentum_decay, mu_dtype=mu_dtype, nu_dtype=nu_dtype, count=count),
             scale_by_learning_rate(learning_rate),
         )
 
     values = dict(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps)
     if momentum_decay is not None:
         values["momentum_decay"] = momentum_decay
-    return with_hyperparams(build, **values)
+    return with_hyperparams(build, rates=_ADAM_RATES, **values)

@@ -3,7 +3,8 @@
 It is the same protocol as optax's, so adaptx and optax transformations
 compose in either library's ``chain``.
 """
-from typing import Any, Callable, NamedTuple, Optional
+import inspect
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,12 @@ State = PyTree
 
 
 class GradientTransformation(NamedTuple):
-    """``init(params) -> state`` and ``update(updates, state, params=None) -> (updates, state)``."""
+    """``init(params) -> state`` and ``update(updates, state, params=None, **extra_args) -> (updates, state)``.
+
+    ``extra_args`` are optax's: keyword arguments (a loss value, a key, ...) a
+    transformation may read and must otherwise ignore; :func:`chain` passes
+    them to every member.
+    """
 
     init: Callable[[Params], State]
     update: Callable[..., tuple[Updates, State]]
@@ -30,29 +36,40 @@ class EmptyState(NamedTuple):
 def identity() -> GradientTransformation:
     """Pass updates through unchanged: u = g."""
     return GradientTransformation(
-            lambda params: EmptyState(), lambda updates, state, params=None: (updates, state)
+            lambda params: EmptyState(), lambda updates, state, params=None, **extra_args: (updates, state)
     )
 
 
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
     """Apply ``transforms`` in order; the state is the tuple of their states."""
 
+    # optax's own plain transformations take no extra arguments; they get none (as in optax.chain).
+    takes_extra = [_takes_extra_args(tx.update) for tx in transforms]
+
     def init(params):
         return tuple(tx.init(params) for tx in transforms)
 
-    def update(updates, state, params=None):
+    def update(updates, state, params=None, **extra_args):
         if len(state) != len(transforms):
             raise ValueError(
                     f"chain of {len(transforms)} transformations got a state of length"
                     f" {len(state)}: was it made by a different optimizer?"
             )
         new_state = []
-        for tx, s in zip(transforms, state):
-            updates, s = tx.update(updates, s, params)
+        for tx, s, takes in zip(transforms, state, takes_extra):
+            updates, s = tx.update(updates, s, params, **(extra_args if takes else {}))
             new_state.append(s)
         return updates, tuple(new_state)
 
     return GradientTransformation(init, update)
+
+
+def _takes_extra_args(update: Callable) -> bool:
+    try:
+        parameters = inspect.signature(update).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def apply_updates(params: Params, updates: Updates) -> Params:

@@ -23,8 +23,8 @@ def flat_state(tx: GradientTransformation) -> GradientTransformation:
     def init(params):
         return tx.init(pack(params))
 
-    def update(updates, state, params=None):
-        flat_updates, state = tx.update(pack(updates), state, None if params is None else pack(params))
+    def update(updates, state, params=None, **extra_args):
+        flat_updates, state = tx.update(pack(updates), state, None if params is None else pack(params), **extra_args)
         return unpack(flat_updates, updates), state
 
     wrapped = GradientTransformation(init, update)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from adaptx._src import numerics as nx
 from adaptx._src import kernels, packing as _packing
 from adaptx._src.validate import check_tree_match
-from adaptx._src.adam import AdamState
+from adaptx._src.adam import ScaleByAdamState
 from adaptx._src.base import GradientTransformation, apply_updates
 from adaptx._src.scaling import AccumulatorState, RmsState
 
@@ -102,24 +102,23 @@ def _run(name, hyper, leaves):
     return treedef.unflatten(new_p), new_m
 
 
-def adam_kernel(grads, inner, params, *, learning_rate, b1, b2, eps, weight_decay=None):
+def adam_kernel(grads, inner, params, count, *, learning_rate, b1, b2, eps, weight_decay=None):
     """One-pass ``chain(scale_by_adam, [add_decayed_weights,] scale_by_learning_rate)``."""
     adam, *rest = inner
     leaves = _leaves(params, grads, adam.mu, adam.nu)
     if leaves is None:
         return None
-    count = nx.increment(adam.count)
-    one = jnp.ones([], jnp.float32)
+    step = nx.increment(count)
     hyper = dict(
         neg_lr=-learning_rate, b1=b1.value, b1c=b1.complement, b2=b2.value, b2c=b2.complement, eps=eps,
-        inv_bc1=nx.debias(one, b1, count), inv_bc2=nx.debias(one, b2, count),
+        inv_bc1=1 / nx.bias_correction(b1, step), inv_bc2=1 / nx.bias_correction(b2, step),
         decay=0.0 if weight_decay is None else weight_decay, has_decay=float(weight_decay is not None),
     )
     new_params, (mu, nu) = _run("adam", hyper, leaves)
-    return new_params, (AdamState(count, mu, nu, None), *rest)
+    return new_params, (adam._replace(mu=mu, nu=nu), *rest)
 
 
-def adagrad_kernel(grads, inner, params, *, learning_rate, eps):
+def adagrad_kernel(grads, inner, params, count, *, learning_rate, eps):
     """One-pass ``chain(accumulate_squares, scale_by_learning_rate)``."""
     acc, *rest = inner
     leaves = _leaves(params, grads, acc.nu)
@@ -129,7 +128,7 @@ def adagrad_kernel(grads, inner, params, *, learning_rate, eps):
     return new_params, (AccumulatorState(nu), *rest)
 
 
-def rmsprop_kernel(grads, inner, params, *, learning_rate, decay, eps):
+def rmsprop_kernel(grads, inner, params, count, *, learning_rate, decay, eps):
     """One-pass ``chain(scale_by_rms, identity, scale_by_learning_rate)``."""
     rms, *rest = inner
     leaves = _leaves(params, grads, rms.nu)

@@ -77,10 +77,11 @@ def masked(tx: GradientTransformation, mask: TreeOrFunction) -> GradientTransfor
     def init(params):
         return MaskedState(tx.init(_select(params, owned(params))))
 
-    def update(updates, state, params=None):
+    def update(updates, state, params=None, **extra_args):
         flags = owned(updates)
         inner_updates, inner = tx.update(
-            _select(updates, flags), state.inner_state, None if params is None else _select(params, flags))
+            _select(updates, flags), state.inner_state, None if params is None else _select(params, flags),
+            **extra_args)
         return _merge(updates, flags, {True: inner_updates, False: updates}), MaskedState(inner)
 
     return GradientTransformation(init, update)
@@ -118,13 +119,13 @@ def partition(transforms: dict, labels: TreeOrFunction) -> GradientTransformatio
         return PartitionState({label: tx.init(_select(params, [x == label for x in found]))
                                for label, tx in transforms.items()})
 
-    def update(updates, state, params=None):
+    def update(updates, state, params=None, **extra_args):
         found = label_each(updates)
         results, states = {}, {}
         for label, tx in transforms.items():
             owned = [x == label for x in found]
             sub_params = None if params is None else _select(params, owned)
-            results[label], states[label] = tx.update(_select(updates, owned), state.inner_states[label], sub_params)
+            results[label], states[label] = tx.update(_select(updates, owned), state.inner_states[label], sub_params, **extra_args)
         return _merge(updates, found, results), PartitionState(states)
 
     return GradientTransformation(init, update)

@@ -45,9 +45,9 @@ def skip_nonfinite(tx: GradientTransformation, max_consecutive: Optional[int] = 
         zero = jnp.zeros([], jnp.int32)
         return SkipNonfiniteState(tx.init(params), zero, zero, jnp.asarray(False))
 
-    def update(updates, state, params=None):
+    def update(updates, state, params=None, **extra_args):
         finite = all_finite(updates)
-        new_updates, new_inner = tx.update(updates, state.inner_state, params)
+        new_updates, new_inner = tx.update(updates, state.inner_state, params, **extra_args)
         # jnp.where rather than lax.cond: a batched predicate under vmap turns cond into both branches anyway.
         updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), new_updates)
         inner = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_inner, state.inner_state)

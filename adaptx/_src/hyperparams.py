@@ -1,119 +1,142 @@
-"""Hyperparameters as traced optimizer state: change them without recompiling, sweep them with vmap."""
-from typing import Any, Callable, NamedTuple, Optional
+"""Hyperparameters as traced optimizer state: change them without recompiling, sweep them with vmap.
+
+One rule decides where a hyperparameter lives:
+
+- a Python or NumPy number becomes state: :func:`set_hyperparams`,
+  ``optax.tree_utils.tree_set`` and assignment change it, a jitted step never
+  retraces, ``jax.vmap`` over states sweeps it;
+- a schedule ``count -> value`` is read at the state's count on every update;
+- a ``jax.Array`` (or tracer) is the caller's: it is used as given at every
+  update and not copied into the state. This is what
+  ``optax.inject_hyperparams(adaptx.adam)`` relies on: it calls the factory
+  afresh with its own arrays at every update, and those are the numbers used.
+
+So no tool can edit a copy that the update does not read.
+"""
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from adaptx._src import numerics as nx
-from adaptx._src.validate import RANGES, check_range, concrete
 from adaptx._src.base import GradientTransformation, apply_updates
 from adaptx._src.fused import register
-
-
-# Decay rates whose complement 1 − β is kept beside them (see adaptx._numerics.Rate).
-RATES = ("decay", "b1", "b2", "rho", "dampening", "alpha", "beta1", "beta2", "beta_1", "beta_2")
+from adaptx._src.validate import RANGE_OF, check_range, check_scalar
 
 
 class HyperparamsState(NamedTuple):
-    count: jax.Array  # updates applied so far: the step schedules are read at
-    hyperparams: dict  # name -> array, settable with set_hyperparams
-    complements: dict  # rate name -> 1 − rate, rounded from double when it was concrete
-    scheduled: dict  # name -> this step's value of a schedule, read-only
+    count: jax.Array  # updates applied so far: schedules and bias corrections read it
+    hyperparams: dict  # name -> scalar array; set_hyperparams, tree_set or assignment change it
     inner_state: Any
 
 
-def _complement(value, dtype) -> jax.Array:
-    """1 − value in ``dtype``, computed in double precision when ``value`` is concrete."""
-    array = concrete(value)
-    if array is None:
-        return (1 - jnp.asarray(value, dtype)).astype(dtype)
-    return jnp.asarray(1.0 - array.astype(np.float64), dtype)
+def _storable(value) -> bool:
+    return not isinstance(value, (jax.Array, jax.core.Tracer)) and not callable(value)
 
 
-def _arguments(hyperparams, complements, scheduled) -> dict:
-    """What ``build`` receives: rates as (β, 1 − β) pairs, the rest as arrays."""
-    args = {k: nx.Rate(v, complements[k]) if k in complements else v for k, v in hyperparams.items()}
-    args.update({k: nx.split_rate(v) if k in RATES else v for k, v in scheduled.items()})
-    return args
+def _stored_array(value) -> jax.Array:
+    """A strongly typed float array in the scalar dtype: a weak type would retrace after a set."""
+    return jnp.asarray(np.asarray(value, np.float64), nx.scalar_dtype())
+
+
+def _rate(stored, built) -> nx.Rate:
+    """(β, 1 − β) for a rate read from the state.
+
+    While the state still holds the value the optimizer was built with, 1 − β
+    is that value's complement rounded once from double; once it was changed
+    (set_hyperparams, tree_set, assignment: all alike) it is 1 − β of the
+    stored float32 β, which is exact for β ≥ ½ (Sterbenz). Either way the
+    numbers are those of an optimizer built with the stored value.
+    """
+    built_value = np.asarray(built, np.float64)
+    exact = jnp.asarray(1.0 - built_value, stored.dtype)
+    return nx.Rate(stored, jnp.where(stored == jnp.asarray(built_value, stored.dtype), exact, 1 - stored))
 
 
 def with_hyperparams(
-    build: Callable[..., GradientTransformation], /, *, fused: Optional[Callable] = None, **values
+    build: Callable[..., GradientTransformation], /, *, rates=(), fused=None, **values
 ) -> GradientTransformation:
-    """Run ``build(**values)`` with every hyperparameter read from the state.
+    """``build(count, **values)`` with the numeric ``values`` held in the state.
 
-    Numbers and arrays in ``values`` are stored in the state as arrays (float32,
-    or float64 under ``jax_enable_x64``); callables are schedules ``step -> value``
-    evaluated at the state's step count. ``build`` is called afresh on every
-    update with those arrays, so a jitted step compiled once keeps working after
-    :func:`set_hyperparams`, and ``jax.vmap`` over states sweeps them. Calling
-    ``build`` once here validates the concrete values immediately.
+    ``build`` receives ``count``, the number of updates applied before this
+    one (blocks that need the step, like :func:`adaptx.scale_by_adam`, take it
+    instead of counting themselves, so the state has one count), and every
+    hyperparameter by name: stored ones as scalar arrays, schedules evaluated
+    at ``count``, the caller's arrays as given. The names in ``rates`` are
+    decay rates β, which ``build`` gets as :class:`adaptx.Rate` (β, 1 − β)
+    pairs. ``build`` runs once here, so bad concrete values raise at construction.
 
-    ``fused(grads, inner_state, params, **arguments) -> (params, inner_state)``,
-    when given, is a one-pass equivalent of ``build(**arguments).update`` plus
-    :func:`adaptx.apply_updates` that :func:`adaptx.update_and_apply` runs; it
-    returns None for leaves it cannot take, and the two steps run instead.
+    ``fused(grads, inner_state, params, count, **arguments) -> (params,
+    inner_state)`` or None, when given, is a one-pass equivalent of ``update``
+    plus :func:`adaptx.apply_updates` that :func:`adaptx.update_and_apply` runs.
     """
-    schedules = {k: v for k, v in values.items() if callable(v)}
-    constants = {k: v for k, v in values.items() if not callable(v)}
-    for name, value in constants.items():
-        if value is None or isinstance(value, bool):
-            raise TypeError(f"with_hyperparams takes numbers, arrays or schedules; {name}={value!r}")
-    build(**constants, **{k: s(jnp.zeros([], jnp.int32)) for k, s in schedules.items()})
+    unknown = set(rates) - set(values)
+    if unknown:
+        raise ValueError(f"rates {sorted(unknown)} are not among the hyperparameters {sorted(values)}")
+    for name, value in values.items():
+        if not callable(value):
+            check_scalar(name, value)
+    stored = {k: v for k, v in values.items() if _storable(v)}
 
-    def store(values):
-        hyperparams = {k: _as_float_array(v) for k, v in values.items()}
-        complements = {k: _complement(values[k], v.dtype) for k, v in hyperparams.items() if k in RATES}
-        return hyperparams, complements
+    def arguments(count, hyperparams) -> dict:
+        out = {}
+        for name, value in values.items():
+            if name in stored:
+                value = hyperparams[name]
+                if name in rates:
+                    value = _rate(value, stored[name]) if isinstance(value, jax.Array) else nx.split_rate(value)
+            else:
+                if callable(value):
+                    value = value(count)
+                    check_scalar(f"the schedule for {name} (at this step)", value)
+                value = nx.split_rate(value) if name in rates else value
+            out[name] = value
+        return out
 
-    def evaluate(count):
-        return {k: jnp.asarray(s(count)) for k, s in schedules.items()}
+    zero = jnp.zeros([], jnp.int32)
+    build(zero, **arguments(zero, stored))  # the blocks check the values as given
 
     def init(params):
-        count = jnp.zeros([], jnp.int32)
-        hyperparams, complements = store(constants)
-        scheduled = evaluate(count)
-        inner = build(**_arguments(hyperparams, complements, scheduled)).init(params)
-        return HyperparamsState(count, hyperparams, complements, scheduled, inner)
+        nx.check_inexact(params, "params")
+        count = jnp.zeros([], jnp.int32)  # a fresh array per state: a donated step deletes it
+        hyperparams = {k: _stored_array(v) for k, v in stored.items()}
+        return HyperparamsState(count, hyperparams, build(count, **arguments(count, hyperparams)).init(params))
 
     def run(state, inner_step):
-        """``inner_step(arguments, inner_state) -> (result, inner_state)`` under the stored hyperparameters."""
-        if not isinstance(state, HyperparamsState):
-            raise TypeError(f"expected a HyperparamsState, got {type(state).__name__}: was the state made by another optimizer?")
-        missing = set(values) - set(state.hyperparams) - set(state.scheduled)
-        if missing:
-            raise ValueError(f"the state lacks hyperparameters {sorted(missing)}: it was made by another optimizer")
-        scheduled = evaluate(state.count)
-        result, inner = inner_step(_arguments(state.hyperparams, state.complements, scheduled), state.inner_state)
-        return result, state._replace(count=nx.increment(state.count), scheduled=scheduled, inner_state=inner)
+        if not isinstance(state, HyperparamsState) or set(state.hyperparams) != set(stored):
+            raise ValueError(
+                f"this optimizer keeps hyperparameters {sorted(stored)} in its state, but was given"
+                f" {_describe(state)}: was it made by another optimizer? Pass the state this one's init made"
+            )
+        result, inner = inner_step(arguments(state.count, state.hyperparams), state.inner_state)
+        return result, state._replace(count=nx.increment(state.count), inner_state=inner)
 
-    def update(updates, state, params=None):
-        return run(state, lambda args, inner: build(**args).update(updates, inner, params))
-
-    def update_and_apply(grads, state, params):
-        def inner_step(args, inner):
-            done = fused(grads, inner, params, **args)
-            if done is not None:
-                return done
-            updates, inner = build(**args).update(grads, inner, params)
-            return apply_updates(params, updates), inner
-
-        return run(state, inner_step)
+    def update(updates, state, params=None, **extra_args):
+        nx.check_inexact(updates, "updates")
+        return run(state, lambda args, inner: build(state.count, **args).update(updates, inner, params, **extra_args))
 
     tx = GradientTransformation(init, update)
     if fused is not None:
+        def update_and_apply(grads, state, params):
+            def inner_step(args, inner):
+                done = fused(grads, inner, params, state.count, **args)
+                if done is not None:
+                    return done
+                updates, inner = build(state.count, **args).update(grads, inner, params)
+                return apply_updates(params, updates), inner
+
+            nx.check_inexact(grads, "updates")
+            return run(state, inner_step)
+
         register(tx, update_and_apply)
     return tx
 
 
-def _as_float_array(value) -> jax.Array:
-    """A strongly typed floating array: a weak type would retrace after set_hyperparams."""
-    dtype, default = getattr(value, "dtype", None), jnp.dtype(jnp.result_type(float))
-    # NumPy float64 without x64 is stored as float32 up front, not truncated with a warning.
-    if dtype is None or not jnp.issubdtype(dtype, jnp.floating) or jnp.dtype(dtype).itemsize > default.itemsize:
-        dtype = default
-    return jnp.asarray(value, dtype)
+def _describe(state) -> str:
+    if isinstance(state, HyperparamsState):
+        return f"a state with hyperparameters {sorted(state.hyperparams)}"
+    return f"a {type(state).__name__}"
 
 
 def _find(state, kind: type = HyperparamsState) -> list:
@@ -145,52 +168,34 @@ def _the_one(state) -> HyperparamsState:
 
 
 def hyperparams(state) -> dict:
-    """The current hyperparameters of an optimizer's state, by argument name.
+    """The hyperparameters an optimizer's state holds, by argument name.
 
-    Schedules report their value at the last step taken.
+    Schedules and the caller's arrays are not in the state, so not here.
     """
-    found = _the_one(state)
-    return {**found.hyperparams, **found.scheduled}
+    return dict(_the_one(state).hyperparams)
 
 
 def set_hyperparams(state, **values):
     """Return ``state`` with the named hyperparameters replaced.
 
-    Values are cast to the stored dtype and must keep its shape (use
-    ``jax.vmap`` to hold one value per sweep member). Concrete values are
-    range-checked; traced ones are accepted as they are.
+    Values are cast to the stored dtype and must be scalars (to give each
+    member of a sweep its own value, call this inside ``jax.vmap``). Concrete
+    values are range-checked; traced ones are accepted as they are. The state
+    then steps exactly like an optimizer built with the stored (float32) value;
+    ``optax.tree_utils.tree_set`` gives the same numbers.
     """
     target = _the_one(state)
-    new, complements = dict(target.hyperparams), dict(target.complements)
+    new = dict(target.hyperparams)
     for name, value in values.items():
-        if name in target.scheduled:
-            raise ValueError(
-                f"{name} is a schedule (step -> value), evaluated from the step count each"
-                f" update, so it cannot be set; build the optimizer with a number for {name}"
-                " to make it settable, or with a schedule that reads a hyperparameter"
-            )
         if name not in new:
             raise ValueError(
-                f"this optimizer has no hyperparameter {name!r}; it has {sorted(new)}"
+                f"this optimizer's state holds no hyperparameter {name!r}; it holds {sorted(new)}."
+                " Schedules and hyperparameters given as jax arrays are not state: build the"
+                f" optimizer with a number for {name} to make it settable"
                 + (" (a momentum of 0 at construction builds no momentum buffer: pass"
-                   " momentum > 0 to make it settable)" if name == "momentum" else "")
+                   " momentum > 0)" if name == "momentum" else "")
             )
-        if name in RANGES:
-            check_range(name, value)
-        old = new[name]
-        value = jnp.asarray(value, old.dtype)
-        if value.shape != old.shape:
-            raise ValueError(
-                f"{name} has shape {old.shape} in the state but the new value has shape"
-                f" {value.shape}; to give each member of a sweep its own value, call"
-                " set_hyperparams inside jax.vmap"
-            )
-        new[name] = value
-        if name in complements:
-            complements[name] = _complement(values[name], old.dtype)
-    replaced = target._replace(hyperparams=new, complements=complements)
-    return jax.tree.map(
-        lambda node: replaced if node is target else node,
-        state,
-        is_leaf=lambda node: node is target,
-    )
+        check_range(name, value, RANGE_OF.get(name)) if name in RANGE_OF else check_scalar(name, value)
+        new[name] = jnp.asarray(value, new[name].dtype)
+    replaced = target._replace(hyperparams=new)
+    return jax.tree.map(lambda node: replaced if node is target else node, state, is_leaf=lambda node: node is target)

@@ -101,8 +101,8 @@ def monitor(
         nans = jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), blank)
         return MonitorState(tx.init(params), nans)
 
-    def update(grads, state, params=None):
-        updates, inner = tx.update(grads, state.inner_state, params)
+    def update(grads, state, params=None, **extra_args):
+        updates, inner = tx.update(grads, state.inner_state, params, **extra_args)
         return updates, MonitorState(inner, diagnose(grads, updates))
 
     return GradientTransformation(init, update)

@@ -1,11 +1,42 @@
-"""Accumulator dtypes and the moment arithmetic every block shares."""
+"""Dtype policy and the scalar and moment arithmetic every block shares.
+
+Nothing here knows about blocks, hyperparameter state or kernels: this is the
+bottom layer (see docs/LAYERING.md).
+"""
 from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 from jax.experimental.shard_alike import shard_alike
 
+from adaptx._src.validate import path_name
+
 _LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def scalar_dtype() -> jnp.dtype:
+    """Scalars shared by every leaf (hyperparameters, 1 − βᵗ): float32, or float64 under x64.
+
+    Read when called, not at import: x64 may be switched on after adaptx is imported.
+    """
+    return jnp.dtype(jnp.result_type(float))
+
+
+def check_inexact(tree: Any, what: str) -> None:
+    """Raise TypeError naming the first leaf of ``tree`` that is not floating or complex.
+
+    An integer or boolean param cannot take a fractional step, and an integer
+    gradient would silently truncate one; both are almost always a mistake
+    (e.g. a step counter left in the trainable tree).
+    """
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(
+                f"{what} at {path_name(path)} has dtype {dtype}; adaptx optimizers step floating"
+                f" or complex arrays only: keep integer and boolean leaves out of the tree you"
+                f" optimise (e.g. with adaptx.masked or an equinox/flax filter)"
+            )
 
 
 def accumulator_dtype(leaf: Any, dtype: Optional[Any] = None) -> jnp.dtype:
@@ -13,31 +44,43 @@ def accumulator_dtype(leaf: Any, dtype: Optional[Any] = None) -> jnp.dtype:
 
     ``dtype`` when given; float32 for bfloat16/float16 leaves (their 8 or 11
     mantissa bits cannot hold a running average); otherwise the leaf's own
-    floating dtype (float64 stays float64 under ``jax_enable_x64``).
+    floating or complex dtype (float64 stays float64 under x64).
     """
     if dtype is not None:
         return jnp.dtype(dtype)
-    leaf_dtype = jnp.asarray(leaf).dtype
+    leaf_dtype = jnp.dtype(jnp.result_type(leaf))
     if leaf_dtype in _LOW_PRECISION:
         return jnp.dtype(jnp.float32)
-    if jnp.issubdtype(leaf_dtype, jnp.floating):
+    if jnp.issubdtype(leaf_dtype, jnp.inexact):
         return leaf_dtype
-    return jnp.dtype(jnp.result_type(float))
+    return scalar_dtype()
 
 
-def zeros_like_tree(params: Any, dtype: Optional[Any] = None, fill: Any = 0.0) -> Any:
-    """A tree of ``fill``-valued accumulators shaped, and sharded, like ``params``."""
-    return jax.tree.map(lambda p: full_like_param(p, fill, accumulator_dtype(p, dtype)), params)
+def real_accumulator_dtype(leaf: Any, dtype: Optional[Any] = None) -> jnp.dtype:
+    """:func:`accumulator_dtype` for a second moment, which is real even for complex leaves."""
+    return jnp.dtype(jnp.finfo(accumulator_dtype(leaf, dtype)).dtype)
+
+
+def zeros_like_tree(params: Any, dtype: Optional[Any] = None, fill: Any = 0.0, *, real: bool = False) -> Any:
+    """A tree of ``fill``-valued accumulators shaped, and sharded, like ``params``.
+
+    ``real`` takes the real dtype of complex leaves (second moments |g|²).
+    """
+    choose = real_accumulator_dtype if real else accumulator_dtype
+    return jax.tree.map(lambda p: full_like_param(p, fill, choose(p, dtype)), params)
 
 
 def full_like_param(param: Any, fill: Any, dtype: Any) -> jax.Array:
     """A ``fill``-valued array with ``param``'s shape and sharding, eagerly and under jit.
 
-    Eagerly ``full_like`` copies a concrete array's sharding. Under jit a
-    constant has no operand to inherit a sharding from, so the compiler would
-    replicate it (or, when nothing in the output depends on an input, put it on
-    one device); ``shard_alike`` ties it to the param's sharding instead.
+    ``param`` may be an array, a Python number or a ``jax.ShapeDtypeStruct``.
+    Eagerly the sharding is copied. Under jit a constant has no operand to
+    inherit a sharding from, so the compiler would replicate it; ``shard_alike``
+    ties it to the param's sharding instead.
     """
+    if isinstance(param, jax.ShapeDtypeStruct):
+        sharding = param.sharding if isinstance(param.sharding, jax.sharding.Sharding) else None
+        return jnp.full(param.shape, fill, dtype, device=sharding)
     accumulator = jnp.full_like(param, fill, dtype)
     if isinstance(param, jax.core.Tracer):
         _, accumulator = shard_alike(param, accumulator)
@@ -48,7 +91,10 @@ class Rate(NamedTuple):
     """A decay rate β and its complement 1 − β, each rounded once from double precision.
 
     Storing only float32 β and computing 1 − β in float32 would move 1 − 0.999
-    by 1.3e-5 relative; torch.optim rounds both from the Python float, and so do we.
+    by 1.3e-5 relative; torch.optim rounds both from the Python float, and so
+    does adaptx. A block receives a ``Rate`` for each hyperparameter it
+    declares a rate (``with_hyperparams(..., rates=...)``); :func:`split_rate`
+    reads a Rate, a Python number or an array alike.
     """
 
     value: Any
@@ -56,7 +102,7 @@ class Rate(NamedTuple):
 
 
 def split_rate(decay) -> Rate:
-    """(β, 1 − β) for a Python float (complement in double), an array, or a Rate."""
+    """(β, 1 − β) for a Python number (complement in double), an array, or a Rate."""
     if isinstance(decay, Rate):
         return decay
     if isinstance(decay, (int, float)):
@@ -65,45 +111,53 @@ def split_rate(decay) -> Rate:
 
 
 def rate_value(decay):
+    """β alone, from a Rate or a plain value."""
     return decay.value if isinstance(decay, Rate) else decay
+
+
+def cast(value, like):
+    """A hyperparameter or scalar in the dtype of the array it combines with.
+
+    A no-op for an array already of that dtype, so it adds no equation per leaf.
+    """
+    return jnp.asarray(value, jnp.result_type(like))
+
+
+def abs_sq(g, like):
+    """|g|² = g·conj(g) (optax's convention for complex g), in the dtype of the real moment ``like``.
+
+    Cast before squaring: a bfloat16 square would lose the bits the float32 moment keeps.
+    """
+    dtype = jnp.result_type(like)
+    if jnp.iscomplexobj(g):
+        return jnp.square(g.real.astype(dtype)) + jnp.square(g.imag.astype(dtype))
+    g = g.astype(dtype)
+    return g * g
 
 
 def ema(moment, value, decay):
     """m ← β·m + (1 − β)·x, in the moment's dtype."""
     beta, complement = split_rate(decay)
-    dtype = moment.dtype
-    return jnp.asarray(beta, dtype) * moment + jnp.asarray(complement, dtype) * value.astype(dtype)
+    value = value.astype(moment.dtype)
+    return cast(beta, moment) * moment + cast(complement, moment) * value
 
 
-def bias(decay, count, dtype, power: bool = False):
-    """1 − βᵗ, the weight a zero-initialised EMA has gathered after t steps.
+def bias_correction(decay, count) -> jax.Array:
+    """1 − βᵗ at step t = ``count``: the weight a zero-initialised EMA has gathered.
 
-    Computed as −expm1(t·log1p(−(1 − β))) from the complement, accurate to a
-    few ulp where the naive float32 power loses up to 1e-5 relative. ``power``
-    takes that naive 1 − βᵗ of β rounded to ``dtype``, as keras does.
+    A scalar, computed once per step for every leaf, as −expm1(t·log1p(−(1 − β)))
+    from the complement: accurate to a few ulp, where the naive float32 power
+    loses up to 1e-5 relative.
     """
-    if power:
-        return 1 - jnp.power(jnp.asarray(rate_value(decay), dtype), count.astype(dtype))
+    dtype = scalar_dtype()
     complement = jnp.asarray(split_rate(decay).complement, dtype)
     return -jnp.expm1(count.astype(dtype) * jnp.log1p(-complement))
-
-
-def debias(moment, decay, count, power: bool = False):
-    """m̂ = m / (1 − βᵗ), the bias correction of a zero-initialised EMA after t steps."""
-    return moment / bias(decay, count, moment.dtype, power)
 
 
 def increment(count):
     """count + 1, saturating at the int32 maximum instead of wrapping."""
     maximum = jnp.iinfo(jnp.int32).max
     return jnp.where(count < maximum, count + 1, maximum).astype(jnp.int32)
-
-
-def as_dtype_of(like, *values):
-    """Cast hyperparameters to the dtype of the array they combine with."""
-    dtype = jnp.result_type(like)
-    out = tuple(jnp.asarray(v, dtype) for v in values)
-    return out if len(out) > 1 else out[0]
 
 
 def unzip(tuples, like, n: int = 2):
@@ -113,11 +167,47 @@ def unzip(tuples, like, n: int = 2):
     return tuple(treedef.unflatten([t[i] for t in leaves]) for i in range(n))
 
 
+@jax.custom_jvp
 def safe_sqrt(x):
     """√x whose derivative at 0 is 0, not ∞.
 
     An accumulator is 0 only while every gradient so far was 0, where its own
     derivative is 0 too; the naive ∞·0 would turn a hypergradient into NaN.
+    The forward pass is one ``sqrt``.
     """
-    positive = x > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1)), 0).astype(x.dtype)
+    return jnp.sqrt(x)
+
+
+@safe_sqrt.defjvp
+def _safe_sqrt_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    root = jnp.sqrt(x)
+    positive = root > 0
+    return root, jnp.where(positive, dx / (2 * jnp.where(positive, root, 1)), 0).astype(root.dtype)
+
+
+def initial_count(count) -> Any:
+    """A block's initial step count: zero when it counts itself, None when the caller passes ``count``."""
+    return jnp.zeros([], jnp.int32) if count is None else None
+
+
+def this_step(count, state) -> tuple:
+    """(t, the block's next own count): t = 1, 2, ... is this update's step.
+
+    From the caller's ``count`` (updates applied before this one, as
+    :func:`adaptx.with_hyperparams` passes it) when given, else from the
+    block's own ``state.count``, which it then keeps.
+    """
+    if count is None:
+        step = increment(state.count)
+        return step, step
+    return increment(count), None
+
+
+def block_state(counted: type, uncounted: type, own, *fields):
+    """``counted(own, *fields)`` for a block that counts itself, else ``uncounted(*fields)``.
+
+    A state has one count (``optax.tree_utils.tree_get(state, "count")``
+    finds it), so a block whose caller counts keeps no count field at all.
+    """
+    return uncounted(*fields) if own is None else counted(own, *fields)

@@ -1,5 +1,5 @@
 """Stateless (or step-counting) transformations: learning rate, scaling, weight decay, clipping, loss scale."""
-from typing import Any, Callable, NamedTuple, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -19,27 +19,29 @@ class ScheduleState(NamedTuple):
 def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> GradientTransformation:
     """Multiply by minus the learning rate: u = −η·g, turning a direction into a descent step.
 
-    ``learning_rate`` is a float, an array, or a schedule ``step -> η`` read
-    at the number of updates applied so far (0 on the first).
+    ``learning_rate`` is a number, a scalar array, or a schedule ``step -> η``
+    read at the number of updates applied so far (0 on the first); in an
+    adaptx alias the schedule is read by :func:`adaptx.with_hyperparams`.
     """
     if callable(learning_rate):
         def init(params):
             return ScheduleState(jnp.zeros([], jnp.int32))
 
-        def update(updates, state, params=None):
-            return _scale(updates, learning_rate(state.count)), ScheduleState(nx.increment(state.count))
+        def update(updates, state, params=None, **extra_args):
+            return _scale(updates, -learning_rate(state.count)), ScheduleState(nx.increment(state.count))
 
         return GradientTransformation(init, update)
 
     check_range("learning_rate", learning_rate)
     return GradientTransformation(
         lambda params: EmptyState(),
-        lambda updates, state, params=None: (_scale(updates, learning_rate), state),
+        lambda updates, state, params=None, **extra_args: (_scale(updates, -learning_rate), state),
     )
 
 
-def _scale(updates, learning_rate):
-    return jax.tree.map(lambda g: (-nx.as_dtype_of(g, learning_rate) * g), updates)
+def _scale(updates, factor):
+    """c·g per leaf, c negated or cast once per leaf dtype at most (a no-op for matching dtypes)."""
+    return jax.tree.map(lambda g: nx.cast(factor, g) * g, updates)
 
 
 def scale(factor: float) -> GradientTransformation:
@@ -50,12 +52,11 @@ def scale(factor: float) -> GradientTransformation:
     """
     return GradientTransformation(
         lambda params: EmptyState(),
-        lambda updates, state, params=None: (
-            jax.tree.map(lambda g: nx.as_dtype_of(g, factor) * g, updates), state),
+        lambda updates, state, params=None, **extra_args: (_scale(updates, factor), state),
     )
 
 
-def scale_by_inverse_time_decay(decay_rate: float) -> GradientTransformation:
+def scale_by_inverse_time_decay(decay_rate: float, *, count: Optional[jax.Array] = None) -> GradientTransformation:
     """Divide by 1 + κ·(t − 1) at step t (from 1): an inverse-time learning-rate decay.
 
         u = g / (1 + κ·(t − 1))
@@ -63,72 +64,39 @@ def scale_by_inverse_time_decay(decay_rate: float) -> GradientTransformation:
     with κ = ``decay_rate``, as torch.optim.Adagrad's ``lr_decay`` (its
     ``clr = lr / (1 + (step − 1)·lr_decay)``). Unlike a schedule given as the
     learning rate, κ is a number the caller can keep as a traced hyperparameter.
+    ``count`` as in :func:`adaptx.scale_by_adam`.
     """
     check_range("decay_rate", decay_rate)
 
     def init(params):
-        return ScheduleState(jnp.zeros([], jnp.int32))
+        return nx.block_state(ScheduleState, EmptyState, nx.initial_count(count))
 
-    def update(updates, state, params=None):
-        def rescale(g):
-            elapsed = state.count.astype(nx.accumulator_dtype(g))
-            return (g / (1 + nx.as_dtype_of(elapsed, decay_rate) * elapsed)).astype(g.dtype)
-
-        return jax.tree.map(rescale, updates), ScheduleState(nx.increment(state.count))
+    def update(updates, state, params=None, **extra_args):
+        step, own = nx.this_step(count, state)
+        elapsed = (step - 1).astype(nx.scalar_dtype())
+        divisor = 1 + jnp.asarray(decay_rate, elapsed.dtype) * elapsed
+        return jax.tree.map(lambda g: (g / divisor.astype(nx.real_accumulator_dtype(g))).astype(g.dtype),
+                            updates), nx.block_state(ScheduleState, EmptyState, own)
 
     return GradientTransformation(init, update)
 
 
-def add_decayed_weights(
-    weight_decay: float, *, learning_rate: Any = None, multiplicative: bool = False
-) -> GradientTransformation:
-    """Add decoupled weight decay: u = g + λ·θ (Loshchilov & Hutter, 2019).
+def add_decayed_weights(weight_decay: float) -> GradientTransformation:
+    """Add weight decay: u = g + λ·θ.
 
     Placed after an adaptive scaling and before the learning rate, λθ is
-    scaled by η but not by the adaptive denominator: AdamW's decoupling.
-
-    With ``learning_rate`` η it adds the whole decay step instead, u = g − θ·λ·η,
-    for placing after :func:`scale_by_learning_rate`. This is keras' order: its
-    base optimizer shrinks θ by θ·λ·η beside updates whose momentum buffers
-    already hold η, which no placement before the learning rate reproduces
-    once η follows a schedule. It is rounded as keras' two assignments are,
-    u = ((θ − θ·λ·η) + g) − θ: θ + u lands on keras' θ exactly whenever the
-    new θ is within a factor 2 of the old (Sterbenz's lemma), and a decay
-    under half an ulp of θ is lost in both.
-
-    ``multiplicative`` rounds that decay step as torch.optim's AdamW does
-    instead, θ ← fl((1 − ηλ)·θ) in the params' precision before the step is added,
-
-        u = g + (fl((1 − ηλ)·θ) − θ),    so that θ + u rounds as fl(fl((1 − ηλ)·θ) + g)
-
-    (the subtraction is exact); the plain form u = g + ηλθ placed before the
-    learning rate drifts from torch by up to ~3e-5 relative in 200 steps.
-    Placed first, without ``learning_rate``, the block is an L2 penalty coupled
+    scaled by η but not by the adaptive denominator: AdamW's decoupled decay
+    (Loshchilov & Hutter, 2019). Placed first, it is an L2 penalty coupled
     into the gradient, as torch.optim's ``weight_decay`` in SGD, Adam, RMSprop, ...
+    torch's and keras' roundings of the decoupled step are in ``adaptx.compat``.
     """
     check_range("weight_decay", weight_decay)
-    if learning_rate is not None:
-        check_range("learning_rate", learning_rate)
 
-    def decay(g, p):
-        if learning_rate is None:
-            return g + nx.as_dtype_of(g, weight_decay) * p.astype(g.dtype)
-        if multiplicative:
-            p = p.astype(nx.accumulator_dtype(p))
-            eta, lam = nx.as_dtype_of(p, learning_rate, weight_decay)
-            # δ = 1 − fl(1 − ηλ), exact; the barrier stops XLA from folding it back into ηλ.
-            # θ − δθ is then fl((1 − ηλ)θ) whether or not the compiler fuses it into an FMA.
-            delta = 1 - jax.lax.optimization_barrier(1 - eta * lam)
-            return g + ((p - delta * p) - p).astype(g.dtype)
-        p = p.astype(g.dtype)
-        decayed = p - p * nx.as_dtype_of(g, weight_decay) * nx.as_dtype_of(g, learning_rate)
-        return (decayed + g) - p
-
-    def update(updates, state, params=None):
+    def update(updates, state, params=None, **extra_args):
         if params is None:
             raise ValueError("add_decayed_weights needs params: call update(grads, state, params)")
         check_tree_match(updates, params, "params")
-        return jax.tree.map(decay, updates, params), state
+        return jax.tree.map(lambda g, p: g + nx.cast(weight_decay, g) * p.astype(g.dtype), updates, params), state
 
     return GradientTransformation(lambda params: EmptyState(), update)
 
@@ -140,11 +108,11 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     """
     check_range("max_norm", max_norm)
 
-    def update(updates, state, params=None):
+    def update(updates, state, params=None, **extra_args):
         leaves = jax.tree.leaves(updates)
         if not leaves:
             return updates, state
-        norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(nx.accumulator_dtype(g)))) for g in leaves))
+        norm = jnp.sqrt(sum(jnp.sum(nx.abs_sq(g, nx.real_accumulator_dtype(g))) for g in leaves))
         limit = jnp.asarray(max_norm, norm.dtype)
         factor = jnp.where(norm > limit, limit / norm, 1)
         return jax.tree.map(lambda g: (g * factor.astype(g.dtype)), updates), state
@@ -164,13 +132,13 @@ def clip_by_norm(max_norm: float) -> GradientTransformation:
 
     def clip_leaf(g):
         g32 = g.astype(nx.accumulator_dtype(g))
-        norm = nx.safe_sqrt(jnp.sum(jnp.square(g32)))
-        limit = nx.as_dtype_of(norm, max_norm)
+        norm = nx.safe_sqrt(jnp.sum(nx.abs_sq(g32, nx.real_accumulator_dtype(g))))
+        limit = nx.cast(max_norm, norm)
         return (g32 * limit / jnp.maximum(norm, limit)).astype(g.dtype)
 
     return GradientTransformation(
         lambda params: EmptyState(),
-        lambda updates, state, params=None: (jax.tree.map(clip_leaf, updates), state),
+        lambda updates, state, params=None, **extra_args: (jax.tree.map(clip_leaf, updates), state),
     )
 
 
@@ -179,12 +147,12 @@ def clip_by_value(max_value: float) -> GradientTransformation:
     check_range("max_value", max_value)
 
     def clip_leaf(g):
-        limit = nx.as_dtype_of(g, max_value)
+        limit = nx.cast(max_value, g)
         return jnp.clip(g, -limit, limit)
 
     return GradientTransformation(
         lambda params: EmptyState(),
-        lambda updates, state, params=None: (jax.tree.map(clip_leaf, updates), state),
+        lambda updates, state, params=None, **extra_args: (jax.tree.map(clip_leaf, updates), state),
     )
 
 
@@ -198,7 +166,7 @@ def unscale_gradients(loss_scale: float) -> GradientTransformation:
     check_range("loss_scale", loss_scale)
     return GradientTransformation(
         lambda params: EmptyState(),
-        lambda updates, state, params=None: (
-            jax.tree.map(lambda g: g / nx.as_dtype_of(g, loss_scale), updates), state
+        lambda updates, state, params=None, **extra_args: (
+            jax.tree.map(lambda g: g / nx.cast(loss_scale, g), updates), state
         ),
     )

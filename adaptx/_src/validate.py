@@ -5,9 +5,8 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from adaptx._src.numerics import rate_value
-
-# Allowed range of each hyperparameter name: (low, high, low_closed, high_closed).
+# Allowed range of each hyperparameter, by adaptx's names: (low, high, low_closed, high_closed).
+# Presets that take other libraries' names (adaptx.compat) map them onto these.
 RANGES = {
     "learning_rate": (0.0, math.inf, True, False),
     "b1": (0.0, 1.0, True, False),
@@ -26,24 +25,21 @@ RANGES = {
     "decay_rate": (0.0, math.inf, True, False),
     "dampening": (0.0, 1.0, True, True),
 }
-# torch.optim's and keras' names for the same quantities (adaptx.compat.torch, adaptx.compat.keras).
-RANGES.update(
-    lr=RANGES["learning_rate"], lr_decay=RANGES["decay_rate"], alpha=RANGES["decay"],
-    beta1=RANGES["b1"], beta2=RANGES["b2"], beta_1=RANGES["b1"], beta_2=RANGES["b2"],
-    epsilon=RANGES["eps"], initial_accumulator_value=RANGES["initial_accumulator"],
-    clipnorm=RANGES["max_norm"], global_clipnorm=RANGES["max_norm"], clipvalue=RANGES["max_value"],
-    loss_scale_factor=RANGES["loss_scale"],
-)
 
 
-def describe_range(name: str) -> str:
-    low, high, low_closed, high_closed = RANGES[name]
+# Hyperparameter name -> its entry in RANGES, for set_hyperparams. Presets that take other
+# libraries' names (adaptx.compat.torch, adaptx.compat.keras) add theirs here.
+RANGE_OF = {name: name for name in RANGES}
+
+
+def describe_range(range_name: str) -> str:
+    low, high, low_closed, high_closed = RANGES[range_name]
     return f"{'[' if low_closed else '('}{low:g}, {high:g}{']' if high_closed else ')'}"
 
 
 def concrete(value: Any) -> Optional[np.ndarray]:
-    """``value`` as a NumPy array, or None when it is traced (never rejected)."""
-    if callable(value):
+    """``value`` as a NumPy array, or None when it is traced (never rejected) or a schedule."""
+    if callable(value) or isinstance(value, jax.core.Tracer):
         return None
     try:
         return np.asarray(value)
@@ -51,19 +47,52 @@ def concrete(value: Any) -> Optional[np.ndarray]:
         return None
 
 
+def check_scalar(name: str, value: Any) -> None:
+    """Raise ValueError unless ``value`` (concrete or traced) is a real scalar.
+
+    A hyperparameter of shape (3,) would broadcast per coordinate, or fail
+    deep inside a block; to give each member of a sweep its own value, use
+    ``jax.vmap`` (inside it each member's value is a scalar).
+    """
+    shape = np.shape(value)
+    if shape != ():
+        raise ValueError(
+            f"{name} must be a scalar, got an array of shape {shape}; to run several values"
+            f" at once, vmap over states with adaptx.set_hyperparams (see adaptx.sweep)"
+        )
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+            raise TypeError(f"{name} must be a real number, got {name}={value!r}")
+    elif not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+              or dtype == jax.numpy.bfloat16):
+        raise TypeError(f"{name} must be a real number, got {name}={value!r} of dtype {np.dtype(dtype).name}")
+
+
 def check_range(name: str, value: Any, range_name: Optional[str] = None) -> None:
-    """Raise ValueError if a concrete ``value`` lies outside ``RANGES[range_name or name]``."""
-    low, high, low_closed, high_closed = RANGES[range_name or name]
-    array = concrete(rate_value(value))
+    """Raise ValueError if a concrete ``value`` is not a scalar in ``RANGES[range_name or name]``.
+
+    Traced values are checked for shape only: their values are unknown until run.
+    """
+    if isinstance(value, tuple) and hasattr(value, "complement"):  # a numerics.Rate
+        value = value.value
+    if callable(value):
+        return
+    check_scalar(name, value)
+    array = concrete(value)
     if array is None:
         return
-    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    above = array >= low if low_closed else array > low
-    below = array <= high if high_closed else array < high
-    if not np.all(above & below):
+    number = float(array)
+    range_name = RANGE_OF.get(range_name or name, range_name or name)
+    low, high, low_closed, high_closed = RANGES[range_name]
+    above = number >= low if low_closed else number > low
+    below = number <= high if high_closed else number < high
+    if not (above and below):
+        raise ValueError(f"{name} must lie in {describe_range(range_name)}, got {value!r}")
+    if high == 1.0 and not high_closed and number > 0.5 and np.float32(number) == 1.0:
         raise ValueError(
-            f"{name} must lie in {describe_range(range_name or name)}, got {value!r}"
+            f"{name}={value!r} rounds to 1.0 in float32, where the decay would never move;"
+            f" use at most {float(np.nextafter(np.float32(1), np.float32(0))):.9g}"
         )
 
 

@@ -21,20 +21,141 @@ Numeric arguments are traced state under their keras names (read them with
 tool to use instead; ``name`` labels keras variables and has no effect here.
 """
 import inspect
+import jax
+import jax.numpy as jnp
 
-from adaptx._src.numerics import rate_value
-from adaptx._src.validate import check_range
-from adaptx._src.adam import scale_by_adam, scale_by_adamax, scale_by_nadam
-from adaptx._src.base import GradientTransformation, chain
+from adaptx._src import numerics as nx
+from adaptx._src.adam import AdamMoments, AmsgradMoments, NadamMoments, nadam_momentum
+from adaptx._src.base import EmptyState, GradientTransformation, chain
 from adaptx._src.hyperparams import with_hyperparams
 from adaptx._src.moments import trace
 from adaptx._src.scaling import accumulate_squares, scale_by_adadelta, scale_by_rms
 from adaptx._src.transforms import (
-    add_decayed_weights, clip_by_global_norm, clip_by_norm, clip_by_value, scale_by_learning_rate,
-    unscale_gradients,
+    clip_by_global_norm, clip_by_norm, clip_by_value, scale_by_learning_rate, unscale_gradients,
 )
+from adaptx._src.validate import RANGE_OF, check_range, check_tree_match, concrete
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adadelta", "Adamax", "Nadam"]
+
+# keras' names for adaptx's ranges, so set_hyperparams(state, beta_1=...) range-checks too.
+RANGE_OF.update(beta_1="b1", beta_2="b2", epsilon="eps", initial_accumulator_value="initial_accumulator",
+                clipnorm="max_norm", global_clipnorm="max_norm", clipvalue="max_value",
+                loss_scale_factor="loss_scale")
+_BETAS = ("beta_1", "beta_2")
+
+
+# keras' own arithmetic, built on adaptx's shared numerics. Where keras departs from the
+# papers (ε on the uncorrected √v, ε outside AdaMax's max, 1 − βᵗ as a float32 power, decay
+# rounded as two assignments), the departure lives here and not in adaptx's blocks.
+
+def _power_bias(decay, step):
+    """keras' 1 − βᵗ: a float32 power of the float32 β (up to 1e-5 relative off the exact value)."""
+    dtype = nx.scalar_dtype()
+    return 1 - jnp.power(jnp.asarray(nx.rate_value(decay), dtype), step.astype(dtype))
+
+
+def _moments(params, extra=0):
+    nus = [nx.zeros_like_tree(params, real=True) for _ in range(1 + extra)]
+    return (nx.zeros_like_tree(params), *nus)
+
+
+def keras_scale_by_adam(b1, b2, eps, amsgrad, count) -> GradientTransformation:
+    """keras.optimizers.Adam's direction: u = m·√(1 − β₂ᵗ)/(1 − β₁ᵗ) / (√v + ε).
+
+    ε meets the uncorrected √v (the paper's faster form, end of its §2), 1 − βᵗ
+    is keras' float32 power, and AMSGrad's maximum is over the raw v.
+    """
+    State = AmsgradMoments if amsgrad else AdamMoments
+
+    def update(updates, state, params=None, **extra_args):
+        check_tree_match(updates, state.mu, "first moment")
+        step = nx.increment(count)
+        step_size = jnp.sqrt(_power_bias(b2, step)) / _power_bias(b1, step)
+
+        def leaf(mu, nu, g, nu_max=None):
+            mu = nx.ema(mu, g, b1)
+            nu = nx.ema(nu, nx.abs_sq(g, nu), b2)
+            second = nu if nu_max is None else jnp.maximum(nu_max, nu)
+            u = mu * nx.cast(step_size, second) / (nx.safe_sqrt(second) + nx.cast(eps, second))
+            return mu, nu, second, u.astype(g.dtype)
+
+        maxima = (state.nu_max,) if amsgrad else ()
+        mu, nu, nu_max, out = nx.unzip(jax.tree.map(leaf, state.mu, state.nu, updates, *maxima), updates, 4)
+        return out, State(mu, nu, *((nu_max,) if amsgrad else ()))
+
+    return GradientTransformation(lambda params: State(*_moments(params, int(amsgrad))), update)
+
+
+def keras_scale_by_adamax(b1, b2, eps, count) -> GradientTransformation:
+    """keras.optimizers.Adamax's direction: v ← max(β₂·v, |g|), u = m / ((1 − β₁ᵗ)·(v + ε)), ε outside the max."""
+    def update(updates, state, params=None, **extra_args):
+        check_tree_match(updates, state.mu, "first moment")
+        bias1 = _power_bias(b1, nx.increment(count))
+
+        def leaf(mu, nu, g):
+            mu = nx.ema(mu, g, b1)
+            nu = jnp.maximum(nx.cast(nx.rate_value(b2), nu) * nu, jnp.abs(g).astype(nu.dtype))
+            return mu, nu, ((mu / nx.cast(bias1, nu)) / (nu + nx.cast(eps, nu))).astype(g.dtype)
+
+        mu, nu, out = nx.unzip(jax.tree.map(leaf, state.mu, state.nu, updates), updates, 3)
+        return out, AdamMoments(mu, nu)
+
+    return GradientTransformation(lambda params: AdamMoments(*_moments(params)), update)
+
+
+def keras_scale_by_nadam(b1, b2, eps, count) -> GradientTransformation:
+    """keras.optimizers.Nadam's direction: Dozat's NAdam with μₜ = β₁·(1 − ½·0.96ᵗ).
+
+    keras raises 0.96 to t itself (torch and the paper: 0.96^(t·0.004)), takes
+    1 − β₂ᵗ as a float32 power, and its moments use 1 − β computed in float32
+    from the float32 β (1 − 0.999 becomes 0.00099998713).
+    """
+    b1, b2 = nx.rate_value(b1), nx.rate_value(b2)
+
+    def update(updates, state, params=None, **extra_args):
+        check_tree_match(updates, state.mu, "first moment")
+        step = nx.increment(count)
+        mu_t, mu_next = nadam_momentum(b1, 1.0, step), nadam_momentum(b1, 1.0, step + 1)
+        mu_product = state.mu_product * mu_t
+        bias2 = _power_bias(b2, step)
+
+        def leaf(mu, nu, g):
+            mu = nx.ema(mu, g, b1)
+            nu = nx.ema(nu, nx.abs_sq(g, nu), b2)
+            dt, g_nu = nu.dtype, g.astype(nu.dtype)
+            m_bar = (mu_next.astype(dt) * mu.astype(dt) / (1 - (mu_product * mu_next).astype(dt))
+                     + (1 - mu_t.astype(dt)) * g_nu / (1 - mu_product.astype(dt)))
+            return mu, nu, (m_bar / (nx.safe_sqrt(nu / bias2.astype(dt)) + nx.cast(eps, nu))).astype(g.dtype)
+
+        mu, nu, out = nx.unzip(jax.tree.map(leaf, state.mu, state.nu, updates), updates, 3)
+        return out, NadamMoments(mu_product, mu, nu)
+
+    return GradientTransformation(
+        lambda params: NadamMoments(jnp.ones([], nx.scalar_dtype()), *_moments(params)), update)
+
+
+def keras_decay(weight_decay, learning_rate) -> GradientTransformation:
+    """keras' weight decay θ ← θ − θ·λ·η, as an update placed after the learning rate.
+
+    keras' base optimizer shrinks θ beside updates whose momentum buffers
+    already hold η, which no placement before the learning rate reproduces
+    once η follows a schedule. Rounded as keras' two assignments are,
+    u = ((θ − θ·λ·η) + g) − θ: θ + u lands on keras' θ exactly whenever the
+    new θ is within a factor 2 of the old (Sterbenz's lemma).
+    """
+    def update(updates, state, params=None, **extra_args):
+        if params is None:
+            raise ValueError("weight_decay needs params: call update(grads, state, params)")
+        check_tree_match(updates, params, "params")
+
+        def leaf(g, p):
+            p = p.astype(g.dtype)
+            decayed = p - p * nx.cast(weight_decay, g) * nx.cast(learning_rate, g)
+            return (decayed + g) - p
+
+        return jax.tree.map(leaf, updates, params), state
+
+    return GradientTransformation(lambda params: EmptyState(), update)
 
 _CLIPPING = {"clipnorm": clip_by_norm, "clipvalue": clip_by_value, "global_clipnorm": clip_by_global_norm}
 
@@ -54,6 +175,12 @@ def _refuse_unsupported(arguments) -> None:
             " averages k gradients and takes one step (its learning-rate schedule counts taken"
             " steps, where keras' counts every micro-batch)"
         )
+
+
+def _has_momentum(momentum) -> bool:
+    """keras keeps a momentum buffer only for momentum > 0; a traced momentum gets one."""
+    value = concrete(momentum)
+    return value is None or bool(value > 0)
 
 
 def _check_schedule(learning_rate) -> None:
@@ -93,24 +220,24 @@ def _keras_optimizer(step, arguments, names) -> GradientTransformation:
     for name, value in values.items():
         check_range(name, value)
 
-    def build(**hyper):
+    def build(count, **hyper):
         blocks = []
         if "loss_scale_factor" in hyper:
             blocks.append(unscale_gradients(hyper["loss_scale_factor"]))
         if clipping:
             blocks.append(_CLIPPING[clipping](hyper[clipping]))
-        blocks.append(step(**{name: hyper[name] for name in names}))
+        blocks.append(step(count, **{name: hyper[name] for name in names}))
         if "weight_decay" in hyper:
-            blocks.append(add_decayed_weights(hyper["weight_decay"], learning_rate=hyper["learning_rate"]))
+            blocks.append(keras_decay(hyper["weight_decay"], hyper["learning_rate"]))
         return chain(*blocks)
 
-    return with_hyperparams(build, **values)
+    return with_hyperparams(build, rates=tuple(name for name in _BETAS + ("rho",) if name in values), **values)
 
 
 def _then_learning_rate(direction):
     """``step(learning_rate, **rest)`` = ``direction(**rest)`` scaled by −η."""
-    def step(learning_rate, **rest):
-        return chain(direction(**rest), scale_by_learning_rate(learning_rate))
+    def step(count, learning_rate, **rest):
+        return chain(direction(count, **rest), scale_by_learning_rate(learning_rate))
     return step
 
 
@@ -129,11 +256,11 @@ def SGD(
     arguments = locals()
     check_range("momentum", momentum)
 
-    def step(learning_rate, momentum=None):
+    def step(count, learning_rate, momentum=None):
         lr = scale_by_learning_rate(learning_rate)
         return lr if momentum is None else chain(lr, trace(momentum, nesterov))
 
-    names = ("learning_rate",) if momentum == 0 else ("learning_rate", "momentum")
+    names = ("learning_rate",) + (("momentum",) if _has_momentum(momentum) else ())
     return _keras_optimizer(step, arguments, names)
 
 
@@ -151,7 +278,7 @@ def Adagrad(
     arguments = locals()
     check_range("initial_accumulator_value", initial_accumulator_value)
 
-    def direction(epsilon):
+    def direction(count, epsilon):
         return accumulate_squares(epsilon, initial_accumulator_value, eps_in_sqrt=True)
 
     return _keras_optimizer(_then_learning_rate(direction), arguments, ("learning_rate", "epsilon"))
@@ -171,12 +298,12 @@ def RMSprop(
     arguments = locals()
     check_range("momentum", momentum)
 
-    def step(learning_rate, rho, epsilon, momentum=None):
+    def step(count, learning_rate, rho, epsilon, momentum=None):
         scaled = chain(scale_by_rms(rho, epsilon, eps_in_sqrt=True, centered=centered),
                        scale_by_learning_rate(learning_rate))
         return scaled if momentum is None else chain(scaled, trace(momentum))
 
-    names = ("learning_rate", "rho", "epsilon") + (("momentum",) if momentum > 0 else ())
+    names = ("learning_rate", "rho", "epsilon") + (("momentum",) if _has_momentum(momentum) else ())
     return _keras_optimizer(step, arguments, names)
 
 
@@ -187,15 +314,15 @@ def Adam(
 ) -> GradientTransformation:
     """``keras.optimizers.Adam``: θ ← θ − η·m·√(1 − β₂ᵗ)/(1 − β₁ᵗ) / (√v + ε).
 
-    ε meets the *uncorrected* √v (``scale_by_adam(eps_hat=True)``), with
-    ε = 1e-7; 1 − βᵗ is keras' float32 power of β (``power_bias=True``);
-    ``amsgrad`` takes the maximum of the raw v, as torch does.
+    ε meets the *uncorrected* √v, with ε = 1e-7; 1 − βᵗ is keras' float32
+    power of β (:func:`keras_scale_by_adam`); ``amsgrad`` takes the maximum of
+    the raw v, as torch does.
     ``weight_decay`` here is already decoupled, as in :func:`AdamW`.
     """
     arguments = locals()
 
-    def direction(beta_1, beta_2, epsilon):
-        return scale_by_adam(beta_1, beta_2, epsilon, amsgrad=amsgrad, eps_hat=True, power_bias=True)
+    def direction(count, beta_1, beta_2, epsilon):
+        return keras_scale_by_adam(beta_1, beta_2, epsilon, amsgrad, count)
 
     return _keras_optimizer(
         _then_learning_rate(direction), arguments, ("learning_rate", "beta_1", "beta_2", "epsilon")
@@ -228,7 +355,7 @@ def Adadelta(
     """
     arguments = locals()
 
-    def direction(rho, epsilon):
+    def direction(count, rho, epsilon):
         return scale_by_adadelta(rho, epsilon)
 
     return _keras_optimizer(_then_learning_rate(direction), arguments, ("learning_rate", "rho", "epsilon"))
@@ -241,12 +368,12 @@ def Adamax(
 ) -> GradientTransformation:
     """``keras.optimizers.Adamax``: u ← max(β₂·u, |g|),  θ ← θ − η·m / ((1 − β₁ᵗ)·(u + ε)).
 
-    ε sits outside the max (``scale_by_adamax(eps_in_max=False)``); torch and optax put it inside.
+    ε sits outside the max (:func:`keras_scale_by_adamax`); torch and optax put it inside.
     """
     arguments = locals()
 
-    def direction(beta_1, beta_2, epsilon):
-        return scale_by_adamax(beta_1, beta_2, epsilon, eps_in_max=False, power_bias=True)
+    def direction(count, beta_1, beta_2, epsilon):
+        return keras_scale_by_adamax(beta_1, beta_2, epsilon, count)
 
     return _keras_optimizer(
         _then_learning_rate(direction), arguments, ("learning_rate", "beta_1", "beta_2", "epsilon")
@@ -260,17 +387,13 @@ def Nadam(
 ) -> GradientTransformation:
     """``keras.optimizers.Nadam``: Dozat's NAdam with the momentum schedule μₜ = β₁·(1 − ½·0.96ᵗ).
 
-    Keras raises 0.96 to t itself, ``scale_by_nadam(momentum_decay=1.0)``;
-    torch and the paper use 0.96^(t·0.004), a schedule 250 times slower.
-    Unlike keras' Adam, its moments use 1 − β computed in float32 from the
-    float32 β (1 − 0.999 becomes 0.00099998713), so the rates enter the block
-    without their double-precision complements.
+    Keras raises 0.96 to t itself; torch and the paper use 0.96^(t·0.004), a
+    schedule 250 times slower (:func:`keras_scale_by_nadam`).
     """
     arguments = locals()
 
-    def direction(beta_1, beta_2, epsilon):
-        return scale_by_nadam(rate_value(beta_1), rate_value(beta_2), epsilon, momentum_decay=1.0,
-                              power_bias=True)
+    def direction(count, beta_1, beta_2, epsilon):
+        return keras_scale_by_nadam(beta_1, beta_2, epsilon, count)
 
     return _keras_optimizer(
         _then_learning_rate(direction), arguments, ("learning_rate", "beta_1", "beta_2", "epsilon")

@@ -35,12 +35,16 @@ bfloat16/float16 params are float32 (torch keeps the param dtype).
 """
 from typing import Any
 
-from adaptx._src.validate import check_range, concrete
+import jax
+
+from adaptx._src import numerics as nx
+from adaptx._src.validate import RANGE_OF, check_range, check_tree_match, concrete
 from adaptx._src.adam import scale_by_adam, scale_by_adamax, scale_by_nadam
 from adaptx._src.base import GradientTransformation, chain, identity
 from adaptx._src.hyperparams import with_hyperparams
 from adaptx._src.moments import trace
 from adaptx._src.scaling import accumulate_squares, scale_by_adadelta, scale_by_rms
+from adaptx._src.base import EmptyState
 from adaptx._src.transforms import (
     add_decayed_weights, scale, scale_by_inverse_time_decay, scale_by_learning_rate,
 )
@@ -48,12 +52,45 @@ from adaptx._src.transforms import (
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adadelta", "Adamax", "NAdam"]
 
 BETAS = (0.9, 0.999)
+_BETAS = ("beta1", "beta2")
+
+# torch's names for adaptx's ranges, so set_hyperparams(state, lr=...) range-checks too.
+RANGE_OF.update(lr="learning_rate", lr_decay="decay_rate", alpha="decay", beta1="b1", beta2="b2",
+                initial_accumulator_value="initial_accumulator")
+
+
+def decay_weights_multiplicatively(weight_decay, learning_rate) -> GradientTransformation:
+    """torch.optim's decoupled decay θ ← fl((1 − ηλ)·θ), as an update placed after the learning rate.
+
+        u = g + (fl((1 − ηλ)·θ) − θ),    so that θ + u rounds as fl(fl((1 − ηλ)·θ) + g)
+
+    (the subtraction is exact). The paper's form, ``add_decayed_weights(λ)``
+    before the learning rate, drifts from torch by up to ~3e-5 relative in 200 steps.
+    """
+    check_range("weight_decay", weight_decay)
+
+    def update(updates, state, params=None, **extra_args):
+        if params is None:
+            raise ValueError("weight decay needs params: call update(grads, state, params)")
+        check_tree_match(updates, params, "params")
+
+        def leaf(g, p):
+            p = p.astype(nx.accumulator_dtype(p))
+            eta, lam = nx.cast(learning_rate, p), nx.cast(weight_decay, p)
+            # δ = 1 − fl(1 − ηλ), exact; the barrier stops XLA from folding it back into ηλ.
+            # θ − δθ is then fl((1 − ηλ)θ) whether or not the compiler fuses it into an FMA.
+            delta = 1 - jax.lax.optimization_barrier(1 - eta * lam)
+            return g + ((p - delta * p) - p).astype(g.dtype)
+
+        return jax.tree.map(leaf, updates, params), state
+
+    return GradientTransformation(lambda params: EmptyState(), update)
 
 
 def _torch_order(maximize, weight_decay, scaling, lr, decoupled=False) -> GradientTransformation:
     """torch's step: negate (maximize), L2 into g, scaling, −lr; or, decoupled, θ·(1 − lr·λ) last."""
     if decoupled:
-        blocks = [scaling, scale_by_learning_rate(lr), add_decayed_weights(weight_decay, learning_rate=lr, multiplicative=True)]
+        blocks = [scaling, scale_by_learning_rate(lr), decay_weights_multiplicatively(weight_decay, lr)]
     else:
         blocks = [add_decayed_weights(weight_decay), scaling, scale_by_learning_rate(lr)]
     return chain(*([scale(-1.0)] if maximize else []), *blocks)
@@ -106,14 +143,14 @@ def SGD(lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *, max
     if nesterov and (not _has_momentum(momentum) or (damped is not None and damped != 0)):
         raise ValueError("nesterov momentum requires momentum > 0 and dampening = 0 (as in torch.optim)")
 
-    def build(lr, weight_decay, momentum=None, dampening=None):
-        buffer = identity() if momentum is None else trace(momentum, nesterov, dampening=dampening)
+    def build(count, lr, weight_decay, momentum=None, dampening=None):
+        buffer = identity() if momentum is None else trace(momentum, nesterov, dampening=dampening, count=count)
         return _torch_order(maximize, weight_decay, buffer, lr)
 
     values = dict(lr=lr, weight_decay=weight_decay)
     if _has_momentum(momentum):
         values.update(momentum=momentum, dampening=dampening)
-    return with_hyperparams(build, **values)
+    return with_hyperparams(build, rates=("dampening",) if "dampening" in values else (), **values)
 
 
 def Adagrad(lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
@@ -129,9 +166,9 @@ def Adagrad(lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, ep
     _check(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
            initial_accumulator_value=initial_accumulator_value, eps=eps)
 
-    def build(lr, lr_decay, weight_decay, eps):
+    def build(count, lr, lr_decay, weight_decay, eps):
         scaling = chain(accumulate_squares(eps, initial_accumulator_value),
-                        scale_by_inverse_time_decay(lr_decay))
+                        scale_by_inverse_time_decay(lr_decay, count=count))
         return _torch_order(maximize, weight_decay, scaling, lr)
 
     return with_hyperparams(build, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps)
@@ -147,7 +184,7 @@ def RMSprop(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=
     _check_kernel_options(foreach, None, capturable, differentiable)
     _check(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum)
 
-    def build(lr, alpha, eps, weight_decay, momentum=None):
+    def build(count, lr, alpha, eps, weight_decay, momentum=None):
         scaling = chain(scale_by_rms(alpha, eps, eps_in_sqrt=False, centered=centered),
                         identity() if momentum is None else trace(momentum))
         return _torch_order(maximize, weight_decay, scaling, lr)
@@ -155,7 +192,7 @@ def RMSprop(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=
     values = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay)
     if _has_momentum(momentum):
         values["momentum"] = momentum
-    return with_hyperparams(build, **values)
+    return with_hyperparams(build, rates=("alpha",), **values)
 
 
 def Adam(lr=1e-3, betas=BETAS, eps=1e-8, weight_decay=0, amsgrad=False, *, foreach=None,
@@ -171,11 +208,11 @@ def Adam(lr=1e-3, betas=BETAS, eps=1e-8, weight_decay=0, amsgrad=False, *, forea
     _check_kernel_options(foreach, fused, capturable, differentiable)
     beta1, beta2 = _check(betas, lr=lr, eps=eps, weight_decay=weight_decay)
 
-    def build(lr, beta1, beta2, eps, weight_decay):
-        scaling = scale_by_adam(beta1, beta2, eps, amsgrad=amsgrad)
+    def build(count, lr, beta1, beta2, eps, weight_decay):
+        scaling = scale_by_adam(beta1, beta2, eps, amsgrad=amsgrad, count=count)
         return _torch_order(maximize, weight_decay, scaling, lr, decoupled_weight_decay)
 
-    return with_hyperparams(build, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
+    return with_hyperparams(build, rates=_BETAS, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
 
 
 def AdamW(lr=1e-3, betas=BETAS, eps=1e-8, weight_decay=1e-2, amsgrad=False, *, maximize=False,
@@ -199,10 +236,10 @@ def Adadelta(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, foreach=None, *, captura
     _check_kernel_options(foreach, None, capturable, differentiable)
     _check(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay)
 
-    def build(lr, rho, eps, weight_decay):
+    def build(count, lr, rho, eps, weight_decay):
         return _torch_order(maximize, weight_decay, scale_by_adadelta(rho, eps), lr)
 
-    return with_hyperparams(build, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay)
+    return with_hyperparams(build, rates=("rho",), lr=lr, rho=rho, eps=eps, weight_decay=weight_decay)
 
 
 def Adamax(lr=2e-3, betas=BETAS, eps=1e-8, weight_decay=0, foreach=None, *, maximize=False,
@@ -214,10 +251,10 @@ def Adamax(lr=2e-3, betas=BETAS, eps=1e-8, weight_decay=0, foreach=None, *, maxi
     _check_kernel_options(foreach, None, capturable, differentiable)
     beta1, beta2 = _check(betas, lr=lr, eps=eps, weight_decay=weight_decay)
 
-    def build(lr, beta1, beta2, eps, weight_decay):
-        return _torch_order(maximize, weight_decay, scale_by_adamax(beta1, beta2, eps), lr)
+    def build(count, lr, beta1, beta2, eps, weight_decay):
+        return _torch_order(maximize, weight_decay, scale_by_adamax(beta1, beta2, eps, count=count), lr)
 
-    return with_hyperparams(build, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
+    return with_hyperparams(build, rates=_BETAS, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
 
 
 def NAdam(lr=2e-3, betas=BETAS, eps=1e-8, weight_decay=0, momentum_decay=4e-3,
@@ -233,9 +270,9 @@ def NAdam(lr=2e-3, betas=BETAS, eps=1e-8, weight_decay=0, momentum_decay=4e-3,
     _check_kernel_options(foreach, None, capturable, differentiable)
     beta1, beta2 = _check(betas, lr=lr, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay)
 
-    def build(lr, beta1, beta2, eps, weight_decay, momentum_decay):
-        scaling = scale_by_nadam(beta1, beta2, eps, momentum_decay)
+    def build(count, lr, beta1, beta2, eps, weight_decay, momentum_decay):
+        scaling = scale_by_nadam(beta1, beta2, eps, momentum_decay, count=count)
         return _torch_order(maximize, weight_decay, scaling, lr, decoupled_weight_decay)
 
-    return with_hyperparams(build, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+    return with_hyperparams(build, rates=_BETAS, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                             weight_decay=weight_decay, momentum_decay=momentum_decay)
