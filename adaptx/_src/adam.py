@@ -93,18 +93,20 @@ def scale_by_adam(
         step, own = nx.this_step(count, state)
         bias1, bias2 = nx.bias_correction(b1, step), nx.bias_correction(b2, step)
 
-        def leaf(mu, nu, g, nu_max=None):
+        def moments(mu, nu, g, nu_max=None):
             mu = nx.ema(mu, g, b1)
             nu = nx.ema(nu, nx.abs_sq(g, nu), b2)
             second = nu if nu_max is None else jnp.maximum(nu_max, nu)
             nu_hat = second / nx.cast(bias2, second)
             if not _is_zero(eps_root):
                 nu_hat = nu_hat + nx.cast(eps_root, nu_hat)
-            u = (mu / nx.cast(bias1, nu_hat)) / (nx.safe_sqrt(nu_hat) + nx.cast(eps, nu_hat))
-            return mu, nu, second, u.astype(g.dtype)
+            return mu, nu, second, nu_hat
 
         maxima = (state.nu_max,) if amsgrad else ()
-        mu, nu, nu_max, out = nx.unzip(jax.tree.map(leaf, state.mu, state.nu, updates, *maxima), updates, 4)
+        mu, nu, nu_max, nu_hat = nx.unzip(jax.tree.map(moments, state.mu, state.nu, updates, *maxima), updates, 4)
+        out = jax.tree.map(
+            lambda m, root, g: ((m / nx.cast(bias1, root)) / (root + nx.cast(eps, root))).astype(g.dtype),
+            mu, nx.safe_sqrt(nu_hat), updates)
         return out, nx.block_state(*states, own, mu, nu, *((nu_max,) if amsgrad else ()))
 
     return GradientTransformation(init, update)
@@ -184,14 +186,15 @@ def scale_by_nadam(
         gradient_weight = (1 - mu_t) / (1 - mu_product)
         bias2 = nx.bias_correction(b2, step)
 
-        def leaf(mu, nu, g):
+        def moments(mu, nu, g):
             mu = nx.ema(mu, g, b1)
             nu = nx.ema(nu, nx.abs_sq(g, nu), b2)
             m_bar = nx.cast(moment_weight, mu) * mu + nx.cast(gradient_weight, mu) * g.astype(mu.dtype)
-            u = m_bar / (nx.safe_sqrt(nu / nx.cast(bias2, nu)) + nx.cast(eps, nu))
-            return mu, nu, u.astype(g.dtype)
+            return mu, nu, m_bar, nu / nx.cast(bias2, nu)
 
-        mu, nu, out = nx.unzip(jax.tree.map(leaf, state.mu, state.nu, updates), updates, 3)
+        mu, nu, m_bar, nu_hat = nx.unzip(jax.tree.map(moments, state.mu, state.nu, updates), updates, 4)
+        out = jax.tree.map(lambda m, root, g: (m / (root + nx.cast(eps, root))).astype(g.dtype),
+                           m_bar, nx.safe_sqrt(nu_hat), updates)
         return out, nx.block_state(ScaleByNadamState, NadamMoments, own, mu_product, mu, nu)
 
     return GradientTransformation(init, update)

@@ -118,9 +118,14 @@ def rate_value(decay):
 def cast(value, like):
     """A hyperparameter or scalar in the dtype of the array it combines with.
 
-    A no-op for an array already of that dtype, so it adds no equation per leaf.
+    A Python number stays one: jax rounds it to the array's dtype where it is
+    used, with no array made per leaf. An array already of that dtype is
+    returned as is, so a cast adds no equation per leaf.
     """
-    return jnp.asarray(value, jnp.result_type(like))
+    if isinstance(value, (int, float)):
+        return value
+    dtype = like.dtype if hasattr(like, "dtype") else jnp.dtype(like)
+    return value if getattr(value, "dtype", None) == dtype else jnp.asarray(value, dtype)
 
 
 def abs_sq(g, like):
@@ -156,8 +161,7 @@ def bias_correction(decay, count) -> jax.Array:
 
 def increment(count):
     """count + 1, saturating at the int32 maximum instead of wrapping."""
-    maximum = jnp.iinfo(jnp.int32).max
-    return jnp.where(count < maximum, count + 1, maximum).astype(jnp.int32)
+    return jnp.minimum(count, jnp.iinfo(jnp.int32).max - 1) + 1
 
 
 def unzip(tuples, like, n: int = 2):
@@ -168,22 +172,26 @@ def unzip(tuples, like, n: int = 2):
 
 
 @jax.custom_jvp
-def safe_sqrt(x):
-    """√x whose derivative at 0 is 0, not ∞.
+def safe_sqrt(tree):
+    """√x of every array in ``tree``, whose derivative at 0 is 0, not ∞.
 
     An accumulator is 0 only while every gradient so far was 0, where its own
     derivative is 0 too; the naive ∞·0 would turn a hypergradient into NaN.
-    The forward pass is one ``sqrt``.
+    The forward pass is one ``sqrt`` per array, and the whole tree is one
+    custom-derivative call: tracing one per leaf would cost more than the math.
     """
-    return jnp.sqrt(x)
+    return jax.tree.map(jnp.sqrt, tree)
 
 
 @safe_sqrt.defjvp
 def _safe_sqrt_jvp(primals, tangents):
-    (x,), (dx,) = primals, tangents
-    root = jnp.sqrt(x)
-    positive = root > 0
-    return root, jnp.where(positive, dx / (2 * jnp.where(positive, root, 1)), 0).astype(root.dtype)
+    def leaf(x, dx):
+        root = jnp.sqrt(x)
+        positive = root > 0
+        return root, jnp.where(positive, dx / (2 * jnp.where(positive, root, 1)), 0).astype(root.dtype)
+
+    (tree,), (tangent,) = primals, tangents
+    return unzip(jax.tree.map(leaf, tree, tangent), tree)
 
 
 def initial_count(count) -> Any:

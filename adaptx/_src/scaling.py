@@ -23,12 +23,16 @@ class AdadeltaState(NamedTuple):
     delta: Any  # E[Δx²]
 
 
-def _rescale(g, second_moment, eps, eps_in_sqrt):
-    """g / (√v + ε), or g / √(v + ε) when ``eps_in_sqrt``."""
-    eps = nx.cast(eps, second_moment)
+def _rescale(updates, second_moments, eps, eps_in_sqrt):
+    """g / (√v + ε), or g / √(v + ε) when ``eps_in_sqrt``, leaf by leaf, in the moments' precision."""
+    def lift(g):
+        return g.astype(nx.accumulator_dtype(g))
+
     if eps_in_sqrt:
-        return g * lax.rsqrt(second_moment + eps)
-    return g / (nx.safe_sqrt(second_moment) + eps)
+        return jax.tree.map(lambda g, v: (lift(g) * lax.rsqrt(v + nx.cast(eps, v))).astype(g.dtype),
+                            updates, second_moments)
+    return jax.tree.map(lambda g, root: (lift(g) / (root + nx.cast(eps, root))).astype(g.dtype),
+                        updates, nx.safe_sqrt(second_moments))
 
 
 def accumulate_squares(
@@ -55,12 +59,8 @@ def accumulate_squares(
     def update(updates, state, params=None, **extra_args):
         check_tree_match(updates, state.nu, "squared-gradient accumulator")
 
-        def leaf(acc, g):
-            acc = acc + nx.abs_sq(g, acc)
-            return acc, _rescale(g.astype(nx.accumulator_dtype(g)), acc, eps, eps_in_sqrt).astype(g.dtype)
-
-        nu, out = nx.unzip(jax.tree.map(leaf, state.nu, updates), updates)
-        return out, AccumulatorState(nu)
+        nu = jax.tree.map(lambda acc, g: acc + nx.abs_sq(g, acc), state.nu, updates)
+        return _rescale(updates, nu, eps, eps_in_sqrt), AccumulatorState(nu)
 
     return GradientTransformation(init, update)
 
@@ -93,18 +93,12 @@ def scale_by_rms(
     def update(updates, state, params=None, **extra_args):
         check_tree_match(updates, state.nu, "squared-gradient average")
 
-        def leaf(nu, g, mu=None):
-            nu = nx.ema(nu, nx.abs_sq(g, nu), decay)
-            g_acc = g.astype(nx.accumulator_dtype(g))
-            if mu is None:
-                return nu, None, _rescale(g_acc, nu, eps, eps_in_sqrt).astype(g.dtype)
-            mu = nx.ema(mu, g, decay)
-            variance = nu - nx.abs_sq(mu, nu)
-            return nu, mu, _rescale(g_acc, variance, eps, eps_in_sqrt).astype(g.dtype)
-
-        means = (state.mu,) if centered else ()
-        nu, mu, out = nx.unzip(jax.tree.map(leaf, state.nu, updates, *means), updates, 3)
-        return out, RmsState(nu, mu if centered else None)
+        nu = jax.tree.map(lambda v, g: nx.ema(v, nx.abs_sq(g, v), decay), state.nu, updates)
+        if not centered:
+            return _rescale(updates, nu, eps, eps_in_sqrt), RmsState(nu, None)
+        mu = jax.tree.map(lambda m, g: nx.ema(m, g, decay), state.mu, updates)
+        variance = jax.tree.map(lambda v, m: v - nx.abs_sq(m, v), nu, mu)
+        return _rescale(updates, variance, eps, eps_in_sqrt), RmsState(nu, mu)
 
     return GradientTransformation(init, update)
 
@@ -131,14 +125,15 @@ def scale_by_adadelta(
     def update(updates, state, params=None, **extra_args):
         check_tree_match(updates, state.nu, "squared-gradient average")
 
-        def leaf(nu, delta_acc, g):
-            nu = nx.ema(nu, nx.abs_sq(g, nu), rho)
-            eps_ = nx.cast(eps, nu)
-            delta = nx.safe_sqrt(delta_acc + eps_) / nx.safe_sqrt(nu + eps_) * g.astype(nx.accumulator_dtype(g))
-            delta_acc = nx.ema(delta_acc, nx.abs_sq(delta, delta_acc), rho)
-            return nu, delta_acc, delta.astype(g.dtype)
+        nu = jax.tree.map(lambda v, g: nx.ema(v, nx.abs_sq(g, v), rho), state.nu, updates)
+        plus_eps = lambda x: x + nx.cast(eps, x)  # noqa: E731
+        step_root, grad_root = nx.safe_sqrt((jax.tree.map(plus_eps, state.delta), jax.tree.map(plus_eps, nu)))
 
-        nu, delta, out = nx.unzip(jax.tree.map(leaf, state.nu, state.delta, updates), updates, 3)
+        def leaf(delta_acc, step_rms, grad_rms, g):
+            delta = step_rms / grad_rms * g.astype(nx.accumulator_dtype(g))
+            return nx.ema(delta_acc, nx.abs_sq(delta, delta_acc), rho), delta.astype(g.dtype)
+
+        delta, out = nx.unzip(jax.tree.map(leaf, state.delta, step_root, grad_root, updates), updates)
         return out, AdadeltaState(nu, delta)
 
     return GradientTransformation(init, update)

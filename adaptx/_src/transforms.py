@@ -130,16 +130,17 @@ def clip_by_norm(max_norm: float) -> GradientTransformation:
     """
     check_range("max_norm", max_norm)
 
-    def clip_leaf(g):
-        g32 = g.astype(nx.accumulator_dtype(g))
-        norm = nx.safe_sqrt(jnp.sum(nx.abs_sq(g32, nx.real_accumulator_dtype(g))))
-        limit = nx.cast(max_norm, norm)
-        return (g32 * limit / jnp.maximum(norm, limit)).astype(g.dtype)
+    def clip(updates, state, params=None, **extra_args):
+        wide = jax.tree.map(lambda g: g.astype(nx.accumulator_dtype(g)), updates)
+        norms = nx.safe_sqrt(jax.tree.map(lambda g: jnp.sum(nx.abs_sq(g, nx.real_accumulator_dtype(g))), wide))
 
-    return GradientTransformation(
-        lambda params: EmptyState(),
-        lambda updates, state, params=None, **extra_args: (jax.tree.map(clip_leaf, updates), state),
-    )
+        def clip_leaf(g, g32, norm):
+            limit = nx.cast(max_norm, norm)
+            return (g32 * limit / jnp.maximum(norm, limit)).astype(g.dtype)
+
+        return jax.tree.map(clip_leaf, updates, wide, norms), state
+
+    return GradientTransformation(lambda params: EmptyState(), clip)
 
 
 def clip_by_value(max_value: float) -> GradientTransformation:
