@@ -26,7 +26,8 @@ semantics, |g|² = g·conj(g), for every optimizer); to keep the compile count
 down, the stability test runs bfloat16 and float64 only (float32 and complex64
 get the same check from test_optimization's fori_loop; float16 and complex128
 take the paths of bfloat16 and float64 / complex64), gradient accumulation
-bfloat16 only, and preserve_dtype eagerly.
+bfloat16 only, and preserve_dtype and the inject_hyperparams equality eagerly
+(the jitted inject_hyperparams update is covered by the edited-state test below).
 
 Added beyond optax's file, for the parts of the optax protocol that adaptx's
 redesign has to meet:
@@ -198,9 +199,10 @@ def test_optimizers_can_be_wrapped_in_inject_hyperparams(opt_name, opt_factory, 
     # See also https://github.com/google-deepmind/optax/issues/412.
     opt = opt_factory(**opt_kwargs)
     if opt_kwargs.get("momentum", 0) == 0 and "momentum" in inspect.signature(opt_factory).parameters:
-        # A momentum of exactly 0 builds no momentum buffer; injected (traced) it cannot
-        # be known to be 0, so it has to be static for the states to match, as optax's
-        # test does for adafactor's min_dim_size_to_factor.
+        # A momentum of exactly 0 builds no momentum buffer; injected, it arrives as an
+        # array (traced under jit) and cannot be told from a nonzero one, so it has to be
+        # static for the states to match, as optax's test does for adafactor's
+        # min_dim_size_to_factor.
         opt_inject = optax.inject_hyperparams(opt_factory, static_args=("momentum",))(**opt_kwargs)
     else:
         opt_inject = optax.inject_hyperparams(opt_factory)(**opt_kwargs)
@@ -209,10 +211,12 @@ def test_optimizers_can_be_wrapped_in_inject_hyperparams(opt_name, opt_factory, 
     grads = [jnp.ones((2, 3)), jnp.negative(jnp.ones((2, 5, 2)))]
 
     state = opt.init(params)
-    updates, new_state = opt.update(grads, state, params)  # eager, for time; optax jits both sides
+    # Eager, for time, where optax jits all four calls: the jitted inject_hyperparams
+    # update is test_inject_hyperparams_edited_state_value_takes_effect's.
+    updates, new_state = opt.update(grads, state, params)
 
-    state_inject = jax.jit(opt_inject.init)(params)
-    updates_inject, new_state_inject = jax.jit(opt_inject.update)(grads, state_inject, params)
+    state_inject = opt_inject.init(params)
+    updates_inject, new_state_inject = opt_inject.update(grads, state_inject, params)
 
     # Equality of updates.
     chex.assert_trees_all_close(updates_inject, updates, rtol=1e-3)
