@@ -21,8 +21,9 @@ names (``mu_dtype`` for sgd's ``accumulator_dtype``; adaptx keeps bfloat16 and
 float16 params' moments in float32 by default, where optax keeps the param
 dtype); the 10 000 steps run inside one jitted ``lax.fori_loop`` (one compilation
 per case, and the "no recompilation on the 2nd call" check is a trace count);
-adadelta is not skipped on complex params (adaptx promises optax's complex
-semantics, |g|² = g·conj(g), for every optimizer); to keep the compile count
+adadelta is not skipped on the complex parabola (adaptx promises optax's complex
+semantics, |g|² = g·conj(g), for every optimizer), only on the complex Rosenbrock;
+adamw gets optax's default weight decay 1e-4 explicitly (adaptx's default is 1e-2); to keep the compile count
 down, the stability test runs bfloat16 and float64 only (float32 and complex64
 get the same check from test_optimization's fori_loop; float16 and complex128
 take the paths of bfloat16 and float64 / complex64), gradient accumulation
@@ -61,7 +62,10 @@ _OPTIMIZERS_UNDER_TEST = (
     ("adagrad", adaptx.adagrad, {"learning_rate": 1.0}),
     ("adam", adaptx.adam, {"learning_rate": 1e-1}),
     ("adamax", adaptx.adamax, {"learning_rate": 1e-1}),
-    ("adamw", adaptx.adamw, {"learning_rate": 1e-1}),
+    # optax's default weight decay, 1e-4: at adaptx's 1e-2 the decoupled decay moves the
+    # Rosenbrock fixed point 0.05-0.08 away from (1, 1) after 10 000 steps, at or past the
+    # 3e-2 + 3e-2 tolerance (optax.adamw at 1e-2 misses it: 0.08).
+    ("adamw", adaptx.adamw, {"learning_rate": 1e-1, "weight_decay": 1e-4}),
     ("amsgrad", functools.partial(adaptx.adam, amsgrad=True), {"learning_rate": 1e-1}),
     ("nadam", adaptx.nadam, {"learning_rate": 1e-2}),
     ("nadam", adaptx.nadam, {"learning_rate": 1e-2, "momentum_decay": None}),
@@ -69,8 +73,9 @@ _OPTIMIZERS_UNDER_TEST = (
     ("rmsprop", adaptx.rmsprop, {"learning_rate": 5e-3, "momentum": 0.9}),
     ("sgd", adaptx.sgd, {"learning_rate": 1e-3, "momentum": 0.9}),
 )
-_IDS = [name + "".join(f"-{k}={v}" for k, v in kwargs.items() if k != "learning_rate")
+_IDS = [name + "".join(f"-{k.replace('learning_rate', 'lr')}={v}" for k, v in kwargs.items())
         for name, _, kwargs in _OPTIMIZERS_UNDER_TEST]
+assert len(set(_IDS)) == len(_IDS)
 _each_optimizer = pytest.mark.parametrize("opt_name, opt_factory, opt_kwargs", _OPTIMIZERS_UNDER_TEST, ids=_IDS)
 
 
@@ -121,6 +126,12 @@ def _conj_grad(objective, params):
 @pytest.mark.parametrize("target", [_setup_parabola, _setup_rosenbrock], ids=["parabola", "rosenbrock"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.complex64], ids=["float32", "complex64"])
 def test_optimization(opt_name, opt_factory, opt_kwargs, target, dtype):
+    if opt_name == "adadelta" and target is _setup_rosenbrock and jnp.iscomplexobj(dtype):
+        # optax skips adadelta on all complex params (it does not support them); adaptx
+        # keeps the complex parabola. A reference adadelta with optax's complex semantics
+        # (E[|g|²], E[|Δ|²]) ends ~0.3 from the complex Rosenbrock minimum after 10 000 steps
+        # at lr 0.1 (and is within only 0.03 of the real one), so this case asks too much.
+        pytest.skip(f"{opt_name} does not reach the complex Rosenbrock minimum in 10 000 steps.")
     opt = opt_factory(**opt_kwargs)
     initial_params, final_params, objective = target(dtype)
     traces = []
