@@ -28,9 +28,10 @@ Measured, in this order:
 5. ``len(str(tx.init({'w': jnp.zeros(3)})))``: what a user sees printing the state.
 
 Only ratios within one run mean anything on a shared machine. Usage:
-``python -m benchmarks.plain_path [--write] [--quick]``; ``--write`` records
-``plain_path.md`` and ``plain_path.json`` here, ``--quick`` (a smoke test)
-never writes committed files.
+``python -m benchmarks.plain_path [--write] [--quick]`` (6–8 minutes on two
+busy cores, most of it compiling 1000 leaves); ``--write`` records
+``plain_path.md`` and ``plain_path.json`` here, ``--quick`` (a smoke test,
+half a minute) never writes committed files.
 """
 import argparse
 import datetime
@@ -144,7 +145,10 @@ def step_ms(opt, n, reps):
             t = time.perf_counter()
             run()
             times[who].append(time.perf_counter() - t)
-    return {who: statistics.median(ts) * 1e3 for who, ts in times.items()}
+    out = {who: statistics.median(ts) * 1e3 for who, ts in times.items()}
+    # the spread of adaptx/optax within a round, both steps timed back to back: the noise on the ratio
+    q = statistics.quantiles([a / o for a, o in zip(times["adaptx"], times["optax"])], n=4) if reps > 1 else [None] * 3
+    return {**out, "ratio_q1": q[0], "ratio_q3": q[2]}
 
 
 def recompiles(opt, who, values=(3e-4, 1e-4, 2e-3)):
@@ -171,6 +175,7 @@ def print_length(opt, who):
 
 
 def measure(eqn_leaves=300, build_leaves=(300, 1000), repeats=3, n=1 << 24, step_reps=41, log=print):
+    start, log = time.perf_counter(), (lambda log: lambda msg: log(f"[{time.perf_counter() - start:5.0f} s] {msg}"))(log)
     res = dict(eqn_leaves=eqn_leaves, build_leaves=list(build_leaves), repeats=repeats, n=n, step_reps=step_reps,
                eqns={}, build={}, step={}, recompiles={}, print_len={})
     for opt in OPTIMIZERS:
@@ -241,6 +246,8 @@ def markdown(res, meta):
                            f"{f(t['total_s'])} | {f(t['total_s'] / per_who['optax']['total_s'])} |")
     out += side_by_side(f"## Step on one float32 leaf of {res['n']:,} elements (ms, median of {res['step_reps']})",
                         res["step"], 2)
+    out += ["", "Quartiles of adaptx/optax over the rounds (each round times both back to back): " + ", ".join(
+        f"{opt} {f(s['ratio_q1'])}–{f(s['ratio_q3'])}" for opt, s in res["step"].items()) + "."]
     out += ["", "## Recompiles while the learning rate changes, and `len(str(tx.init({'w': jnp.zeros(3)})))`", "",
             "| optimizer | recompiles adaptx | recompiles inject | print adaptx | print optax | print inject |",
             "|---|---|---|---|---|---|"]
