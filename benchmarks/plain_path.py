@@ -230,7 +230,7 @@ def markdown(res, meta):
            "## Targets", "", "| target | adaptx | peer | adaptx/peer | met |", "|---|---|---|---|---|"]
     for row in targets(res):
         peer = "inject" if "recompiles" in row[0] or "print" in row[0] else "optax"
-        out.append(f"| {row[0]} | {f(row[1])} | {f(row[2])} ({peer}) | {f(row[3])} | {'yes' if met(row) else '**no**'} |")
+        out.append(f"| {row[0]} | {f(row[1])} | {f(row[2])} ({peer}) | {f(row[3], 3)} | {'yes' if met(row) else '**no**'} |")
     side_by_side = lambda title, table, d: ["", title, "", "| optimizer | adaptx | optax | inject | adaptx/optax |"
                                             " adaptx/inject |", "|---|---|---|---|---|---|"] + [
         f"| {opt} | {f(v['adaptx'], d)} | {f(v['optax'], d)} | {f(v['inject'], d)} | {f(v['adaptx'] / v['optax'])} | "
