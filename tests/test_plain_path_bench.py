@@ -1,0 +1,30 @@
+"""benchmarks/plain_path.py runs end to end at tiny sizes, reports every row and, in --quick, writes nothing
+into benchmarks/ (no timing is asserted)."""
+import json
+
+from benchmarks import plain_path
+
+TINY = dict(eqn_leaves=3, build_leaves=(2, 3), repeats=1, n=64, step_reps=1)
+
+
+def test_tiny_run_reports_every_row(tmp_path, monkeypatch):
+    measure = plain_path.measure
+    monkeypatch.setattr(plain_path, "measure", lambda **_: measure(**TINY, log=lambda *_: None))
+    before = {p.name: p.stat().st_mtime_ns for p in plain_path.HERE.iterdir()}
+    res, text = plain_path.main(["--quick", "--write", "--out", str(tmp_path)])
+    assert {p.name: p.stat().st_mtime_ns for p in plain_path.HERE.iterdir()} == before
+
+    names = [row[0] for row in plain_path.targets(res)]
+    for opt in plain_path.OPTIMIZERS:
+        for needle in ("eqns/leaf", "trace+compile at 2 leaves", "trace+compile at 3 leaves", "step on 64", "recompiles"):
+            assert any(name.startswith(f"{opt}: {needle}") for name in names), (opt, needle)
+        # one row each in the eqns, step and recompiles tables, one per contender and size in the build table
+        assert sum(line.startswith(f"| {opt} |") for line in text.splitlines()) == 3 + 3 * 2
+        assert res["recompiles"][opt]["adaptx"] == 0
+    assert "adam: print length ≤ inject_hyperparams'" in names
+    for name in names:
+        assert f"| {name} |" in text
+
+    assert (tmp_path / "plain_path.md").read_text() == text
+    recorded = json.loads((tmp_path / "plain_path.json").read_text())
+    assert [t["target"] for t in recorded["targets"]] == names
