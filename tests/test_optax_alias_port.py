@@ -231,8 +231,13 @@ def test_optimizers_can_be_wrapped_in_inject_hyperparams(opt_name, opt_factory, 
 
     # Equality of updates.
     chex.assert_trees_all_close(updates_inject, updates, rtol=1e-3)
-    # Equality of new optimizer states.
-    chex.assert_trees_all_close(new_state_inject.inner_state, new_state, rtol=1e-4)
+    # Equality of new optimizer states. adaptx departs from optax's test here by design:
+    # hyperparameters given as numbers are state, those given as jax arrays (as
+    # inject_hyperparams passes them) are the caller's and not copied, so the injected inner
+    # state holds no hyperparameters; everything else (count, moments) must agree.
+    assert new_state_inject.inner_state.hyperparams == {}
+    chex.assert_trees_all_close(new_state_inject.inner_state._replace(hyperparams={}),
+                                new_state._replace(hyperparams={}), rtol=1e-4)
 
 
 # Pairs computing the same equation (as the docstrings in adaptx/_src/aliases.py say),
