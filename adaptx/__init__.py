@@ -2,12 +2,12 @@
 
 The public names live here; the modules behind them are private (``adaptx._src``).
 Public submodules: ``adaptx.compat.torch``, ``adaptx.compat.keras``,
-``adaptx.checkpoint``, ``adaptx.sharding`` and ``adaptx.testing``.
+``adaptx.checkpoint``, ``adaptx.kernels``, ``adaptx.sharding`` and ``adaptx.testing``.
 """
 from adaptx._src.accumulate import AccumulateState, accumulate_gradients
 from adaptx._src.adam import ScaleByAdamState, ScaleByAmsgradState, ScaleByNadamState, scale_by_adam, scale_by_adamax, scale_by_nadam
 from adaptx._src.aliases import adadelta, adagrad, adam, adamax, adamw, nadam, rmsprop, sgd
-from adaptx._src.base import EmptyState, GradientTransformation, apply_updates, chain, identity
+from adaptx._src.base import EmptyState, FusedTransformation, GradientTransformation, apply_updates, chain, identity
 from adaptx._src.flat import flat_state
 from adaptx._src.fused import update_and_apply
 from adaptx._src.groups import MaskedNode, MaskedState, PartitionState, masked, partition
@@ -25,13 +25,13 @@ from adaptx._src.transforms import (
     add_decayed_weights, clip_by_global_norm, clip_by_norm, clip_by_value, scale, scale_by_inverse_time_decay,
     scale_by_learning_rate, unscale_gradients,
 )
-from adaptx import checkpoint, compat, sharding, testing  # noqa: E402  (public submodules)
+from adaptx import checkpoint, compat, kernels, sharding, testing  # noqa: E402  (public submodules)
 
 __version__ = "0.2.0"
 
 __all__ = [
     # protocol
-    "GradientTransformation", "EmptyState", "apply_updates", "chain", "identity",
+    "GradientTransformation", "FusedTransformation", "EmptyState", "apply_updates", "chain", "identity",
     # blocks
     "accumulate_squares", "scale_by_rms", "scale_by_adadelta",
     "ema", "trace", "bias_correction", "Rate",
@@ -50,5 +50,5 @@ __all__ = [
     # fast path and tools
     "update_and_apply", "make_train_step", "flat_state",
     "sweep", "grid", "SweepResult",
-    "checkpoint", "compat", "sharding", "testing",
+    "checkpoint", "compat", "kernels", "sharding", "testing",
 ]

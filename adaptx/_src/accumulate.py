@@ -6,7 +6,7 @@ import jax.numpy as jnp
 
 from adaptx._src import numerics as nx
 from adaptx._src.validate import check_tree_match
-from adaptx._src.base import GradientTransformation
+from adaptx._src.base import FusedTransformation, GradientTransformation, one_pass, update_then_apply
 
 
 class AccumulateState(NamedTuple):
@@ -53,4 +53,21 @@ def accumulate_gradients(tx: GradientTransformation, every_k: int) -> GradientTr
         micro_step = jnp.where(ready, 0, state.micro_step + 1).astype(jnp.int32)
         return updates, AccumulateState(micro_step, grad_sum, inner)
 
-    return GradientTransformation(init, update)
+    if one_pass(tx) is None:
+        return GradientTransformation(init, update)
+
+    def update_and_apply(grads, state, params):
+        check_tree_match(grads, state.grad_sum, "gradient sum")
+        grad_sum = jax.tree.map(lambda s, g: s + g.astype(s.dtype), state.grad_sum, grads)
+
+        def step(_):
+            mean = jax.tree.map(lambda s, g: (s / every_k).astype(g.dtype), grad_sum, grads)
+            new_params, inner = update_then_apply(tx, mean, state.inner_state, params)
+            return new_params, inner, jax.tree.map(jnp.zeros_like, grad_sum)
+
+        ready = state.micro_step == every_k - 1
+        params, inner, grad_sum = jax.lax.cond(ready, step, lambda _: (params, state.inner_state, grad_sum), None)
+        micro_step = jnp.where(ready, 0, state.micro_step + 1).astype(jnp.int32)
+        return params, AccumulateState(micro_step, grad_sum, inner)
+
+    return FusedTransformation(init, update, update_and_apply)

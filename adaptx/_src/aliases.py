@@ -9,11 +9,13 @@ and any of them may be a schedule ``count -> value``.
 ``mu_dtype`` / ``nu_dtype`` choose the first / second-moment accumulator
 dtypes (default: float32 for bfloat16 and float16 params, else the param dtype).
 """
+import functools
+
 from adaptx._src.validate import check_range
 from adaptx._src.adam import scale_by_adam, scale_by_adamax, scale_by_nadam
 from adaptx._src.base import GradientTransformation, chain, identity
 from adaptx._src.fused import adagrad_kernel, adam_kernel, rmsprop_kernel
-from adaptx._src.groups import masked
+from adaptx._src.groups import leaf_flags, masked
 from adaptx._src.hyperparams import with_hyperparams
 from adaptx._src.moments import trace
 from adaptx._src.scaling import accumulate_squares, scale_by_adadelta, scale_by_rms
@@ -142,9 +144,10 @@ def adamw(
             scale_by_learning_rate(learning_rate),
         )
 
+    # The kernel decays the leaves the mask selects (one call per side), as masked() does.
+    kernel = functools.partial(adam_kernel, decay_mask=None if mask is None else functools.partial(leaf_flags, mask))
     return with_hyperparams(
-        # The one-pass kernel decays every leaf, so a mask takes the blocks' path.
-        build, rates=_ADAM_RATES, fused=None if amsgrad or mask is not None else adam_kernel,
+        build, rates=_ADAM_RATES, fused=None if amsgrad else kernel,
         learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
     )
 

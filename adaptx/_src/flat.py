@@ -2,40 +2,72 @@
 import jax
 import jax.numpy as jnp
 
-from adaptx._src import fused
-from adaptx._src.packing import pack, unpack
-from adaptx._src.base import GradientTransformation, apply_updates
+from adaptx._src.base import FusedTransformation, GradientTransformation, apply_updates, one_pass
+from adaptx._src.fused import kernel_refusal
+from adaptx._src.packing import layout, pack, sizes, unpack
+
+
+def _is_flat(node, params) -> bool:
+    """Whether ``node`` is a packed moment of ``params``: one 1-D buffer per param dtype, of its size."""
+    if not isinstance(node, dict) or set(node) != set(layout(params)):
+        return False
+    expected = sizes(params)
+    return all(jnp.shape(buffer) == (expected[name],) for name, buffer in node.items())
+
+
+def _is_like(node, params) -> bool:
+    """Whether ``node`` has ``params``' tree and leaf shapes: a moment kept leaf by leaf."""
+    try:
+        same = jax.tree.structure(node) == jax.tree.structure(params)
+    except TypeError:
+        return False
+    return same and all(jnp.shape(a) == jnp.shape(b) for a, b in zip(jax.tree.leaves(node), jax.tree.leaves(params)))
+
+
+def pack_state(state, params):
+    """``state`` with every moment shaped like ``params`` packed into flat buffers."""
+    return jax.tree.map(lambda n: pack(n, params) if _is_like(n, params) else n, state,
+                        is_leaf=lambda n: _is_like(n, params))
+
+
+def unpack_state(state, params):
+    """The inverse of :func:`pack_state`."""
+    return jax.tree.map(lambda n: unpack(n, params) if _is_flat(n, params) else n, state,
+                        is_leaf=lambda n: _is_flat(n, params))
 
 
 def flat_state(tx: GradientTransformation) -> GradientTransformation:
-    """``tx`` with its state over one flat buffer per param dtype instead of one array per leaf.
+    """``tx`` with its moments in one flat buffer per param dtype instead of one array per leaf.
 
     A jitted step passes every array of the state in and out, and on a tree
-    of 1000 leaves that costs more than the arithmetic. Here the moments are
-    a few buffers, and :func:`adaptx.update_and_apply` (so
+    of 1000 leaves that costs more than the arithmetic. Here each moment is a
+    few buffers, and :func:`adaptx.update_and_apply` (so
     :func:`adaptx.make_train_step`) runs ``tx``'s one-pass kernel on each
     param leaf against its slice of them, with the same numbers as ``tx``.
-    ``update`` itself concatenates the gradients and cuts the updates back
-    into leaves, which is slower than ``tx``'s own: use this wrapper with
-    ``update_and_apply``. :func:`adaptx.hyperparams` and
+    ``update`` cuts the buffers back into leaves, runs ``tx.update`` on the
+    params' own tree (so masks and groups see the real leaves) and packs them
+    again, which is slower than ``tx``'s own: use this wrapper with
+    ``update_and_apply``. Parts of the state not shaped like the params (e.g. a
+    masked group's) stay as they are. :func:`adaptx.hyperparams` and
     :func:`adaptx.set_hyperparams` work on its state as on ``tx``'s.
     """
     def init(params):
-        return tx.init(pack(params))
+        return pack_state(tx.init(params), params)
 
     def update(updates, state, params=None, **extra_args):
-        flat_updates, state = tx.update(pack(updates), state, None if params is None else pack(params), **extra_args)
-        return unpack(flat_updates, updates), state
+        if params is None:
+            raise ValueError("flat_state needs params to unpack its buffers: call update(grads, state, params)")
+        updates, state = tx.update(updates, unpack_state(state, params), params, **extra_args)
+        return updates, pack_state(state, params)
 
-    wrapped = GradientTransformation(init, update)
-    inner = fused.lookup(tx)
-    if inner is not None:
-        def update_and_apply(grads, state, params):
-            moments_fit = all(x.dtype == jnp.float32 for x in jax.tree.leaves(state) if jnp.ndim(x) == 1)
-            if moments_fit and fused.kernel_takes(params, grads):
-                return inner(grads, state, params)  # the kernel reads the leaves' slices of the buffers
-            updates, state = update(grads, state, params)
-            return apply_updates(params, updates), state
+    inner = one_pass(tx)
+    if inner is None:
+        return GradientTransformation(init, update)
 
-        fused.register(wrapped, update_and_apply)
-    return wrapped
+    def update_and_apply(grads, state, params):
+        if kernel_refusal(params, grads) is None:
+            return inner(grads, state, params)  # the kernel reads the leaves' slices of the buffers
+        updates, state = update(grads, state, params)
+        return apply_updates(params, updates), state
+
+    return FusedTransformation(init, update, update_and_apply)

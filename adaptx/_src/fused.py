@@ -10,102 +10,181 @@ param, gradient and moment is read once and written once, and every 16
 leaves are one operation to trace and compile. :func:`adaptx.flat_state`
 cuts the per-leaf cost further by keeping the moments in flat buffers.
 """
-import weakref
-from typing import Callable
+import contextlib
+import contextvars
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from adaptx._src import numerics as nx
-from adaptx._src import kernels, packing as _packing
-from adaptx._src.validate import check_tree_match
-from adaptx._src.adam import ScaleByAdamState
-from adaptx._src.base import GradientTransformation, apply_updates
-from adaptx._src.scaling import AccumulatorState, RmsState
-
-# tx.update -> its one-pass (grads, state, params) -> (params, state)
-_FAST: "weakref.WeakKeyDictionary[Callable, Callable]" = weakref.WeakKeyDictionary()
-
-
-def register(tx: GradientTransformation, update_and_apply_fn: Callable) -> None:
-    """Make ``update_and_apply_fn`` the one-pass step of ``tx`` (see :func:`adaptx.with_hyperparams`)."""
-    _FAST[tx.update] = update_and_apply_fn
-
-
-def lookup(tx: GradientTransformation):
-    """The one-pass step registered for ``tx``, or None."""
-    return _FAST.get(tx.update)
+from adaptx._src import kernels, numerics as nx, packing
+from adaptx._src.base import GradientTransformation, one_pass, update_then_apply
+from adaptx._src.validate import check_tree_match, path_name
 
 
 def update_and_apply(tx: GradientTransformation, grads, state, params):
     """``(apply_updates(params, u), state')`` where ``u, state' = tx.update(grads, state, params)``.
 
-    Uses ``tx``'s one-pass kernel when it has one and the leaves suit it; the
+    Runs the one-pass step ``tx`` carries (:class:`adaptx.FusedTransformation`:
+    every adaptx optimizer with a kernel, and :func:`adaptx.chain` and the
+    wrappers around one) when it has one and the leaves suit the kernel; the
     numbers are those of ``update`` then ``apply_updates`` either way. The
     kernel path is not differentiable: differentiate through ``tx.update``.
     """
-    fast = _FAST.get(tx.update)
-    if fast is not None:
-        return fast(grads, state, params)
-    updates, state = tx.update(grads, state, params)
-    return apply_updates(params, updates), state
+    return update_then_apply(tx, grads, state, params)
 
 
-def kernel_takes(params, grads) -> bool:
-    """Whether the kernel can step these params: float32/bfloat16 leaves, grads alike, on CPU."""
-    if jax.default_backend() != "cpu":
-        return False
-    flat_p, flat_g = jax.tree.leaves(params), jax.tree.leaves(grads)
-    return (len(flat_p) == len(flat_g)
-            and all(p.dtype in kernels.LEAF_DTYPES and g.dtype == p.dtype and p.shape == g.shape
-                    for p, g in zip(flat_p, flat_g))
-            and kernels.available())
+# While set, a kernel that declines raises (make_train_step(require_kernel=True)) or records why.
+_declined: contextvars.ContextVar = contextvars.ContextVar("adaptx_kernel_declined", default=None)
 
 
-def _leaves(params, grads, *moments):
-    """How the kernel sees this step, or None when it cannot take it.
+@contextlib.contextmanager
+def recording_declines(raise_on_decline: bool = False):
+    """Collect (or, with ``raise_on_decline``, raise) the reasons kernels decline while tracing."""
+    reasons: list = []
+    token = _declined.set((reasons, raise_on_decline))
+    try:
+        yield reasons
+    finally:
+        _declined.reset(token)
 
-    Moments are either trees shaped like the params (one array per leaf) or,
-    under :func:`adaptx.flat_state`, one float32 buffer per param dtype.
+
+def _decline(reason: str) -> None:
+    recording = _declined.get()
+    if recording is not None:
+        reasons, must_raise = recording
+        if must_raise:
+            raise ValueError(f"the one-pass kernel cannot run: {reason}")
+        reasons.append(reason)
+
+
+def explain(tx: GradientTransformation, params, grads=None) -> str:
+    """Why ``adaptx.update_and_apply(tx, grads, tx.init(params), params)`` does or does not run the kernel.
+
+    Traces the step abstractly (nothing is computed) and reports each
+    kernel's verdict: "runs the one-pass kernel" or the reasons it falls back.
     """
-    same_tree = jax.tree.structure(params) == jax.tree.structure(moments[0]) and all(
-        jnp.shape(p) == jnp.shape(m) for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(moments[0])))
-    if same_tree:
-        check_tree_match(grads, moments[0], "optimizer state")
-        flat = False
-    elif isinstance(moments[0], dict) and set(moments[0]) == set(_packing.layout(params)):
-        flat = True
-    else:
-        return None
-    if not (kernel_takes(params, grads) and all(m.dtype == jnp.float32 for m in jax.tree.leaves(moments))):
-        return None
-    return flat, params, grads, moments
+    if one_pass(tx) is None:
+        return ("no one-pass step: this transformation carries none (adaptx optimizers with a kernel"
+                " do, and chain and adaptx's wrappers keep it when their last member has one)")
+    grads = params if grads is None else grads
+    with recording_declines() as reasons:
+        jax.eval_shape(lambda g, p: update_and_apply(tx, g, tx.init(p), p), grads, params)
+    if not reasons:
+        return "runs the one-pass kernel"
+    return "falls back to update then apply_updates: " + "; ".join(dict.fromkeys(reasons))
 
 
-def _run(name, hyper, leaves):
-    """Run the kernel; returns the new params and the new moments, each in its layout."""
-    flat, params, grads, moments = leaves
+def kernel_refusal(params, grads) -> Optional[str]:
+    """Why the kernel cannot step these params and grads, or None when it can.
+
+    Checks everything the kernel trusts: float32/bfloat16 params, grads of the
+    same tree, shape and dtype, and a CPU backend with the kernel built.
+    """
+    if jax.default_backend() != "cpu":
+        return f"the kernel runs on CPU only (default backend: {jax.default_backend()})"
+    if not kernels.available():
+        return f"the kernel is unavailable: {kernels.unavailable_reason()}"
+    check_tree_match(grads, params, "params", subject="gradients")
+    for (path, p), g in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(grads)):
+        if jnp.dtype(p.dtype) not in kernels.LEAF_DTYPES:
+            return f"params at {path_name(path)} are {jnp.dtype(p.dtype).name}; the kernel takes float32 and bfloat16"
+        if jnp.dtype(g.dtype) != jnp.dtype(p.dtype):
+            return f"gradients at {path_name(path)} are {jnp.dtype(g.dtype).name} but the params are {jnp.dtype(p.dtype).name}"
+    return None
+
+
+def _check_moments(params, moments) -> str:
+    """The moments' layout, "leaves" or "flat", after checking every size the kernel will trust.
+
+    Per-leaf moments must match the params leaf for leaf (tree, shape,
+    float32); flat ones (:func:`adaptx.flat_state`) must be one float32 buffer
+    per param dtype holding exactly that dtype's elements. A mismatch raises
+    ValueError naming the path: the kernel would otherwise read or write past
+    a buffer.
+    """
+    first = moments[0]
+    if isinstance(first, dict) and set(first) == set(packing.layout(params)) and jax.tree.structure(
+            first) != jax.tree.structure(params):
+        sizes = packing.sizes(params)
+        for moment in moments:
+            for name, buffer in moment.items():
+                if jnp.shape(buffer) != (sizes[name],) or jnp.dtype(buffer.dtype) != jnp.float32:
+                    raise ValueError(
+                        f"the flat moment buffer for {name} params has shape {jnp.shape(buffer)} and dtype"
+                        f" {jnp.dtype(buffer.dtype).name}, but the params hold {sizes[name]} {name} elements:"
+                        " pass the state flat_state(tx).init made for these params")
+        return "flat"
+    for moment in moments:
+        check_tree_match(moment, params, "params", subject="optimizer moments",
+                         advice="pass the state this optimizer's init made for these params")
+        for (path, m) in jax.tree_util.tree_flatten_with_path(moment)[0]:
+            if jnp.dtype(m.dtype) != jnp.float32:
+                raise ValueError(f"the moment at {path_name(path)} is {jnp.dtype(m.dtype).name}; the kernel keeps"
+                                 " float32 moments (pass mu_dtype/nu_dtype=None)")
+    return "leaves"
+
+
+def _kernel_or_none(params, grads, moments):
+    """``(layout, params, grads, moments)`` for the kernel, or None (and the reason recorded)."""
+    reason = kernel_refusal(params, grads)
+    if reason is None and any(jnp.dtype(m.dtype) != jnp.float32 for m in jax.tree.leaves(moments)):
+        reason = "the moments are not float32 (mu_dtype/nu_dtype were set)"
+    if reason is not None:
+        _decline(reason)
+        return None
+    return _check_moments(params, moments), params, grads, moments
+
+
+def _run(name, hyper, leaves, groups=None):
+    """Run the kernel; returns the new params and the new moments, each in its layout.
+
+    ``groups`` optionally splits the leaves into runs with their own extra
+    hyperparameters: [(leaf indices, {slot: value})].
+    """
+    layout, params, grads, moments = leaves
     treedef = jax.tree.structure(params)
     flat_p, flat_g = jax.tree.leaves(params), jax.tree.leaves(grads)
-    if not flat:
-        new_p, new_m = kernels.step(name, hyper, flat_p, flat_g, [jax.tree.leaves(m) for m in moments])
+    groups = groups or [(list(range(len(flat_p))), {})]
+    if layout == "leaves":
+        flat_m = [jax.tree.leaves(m) for m in moments]
+        new_p, new_m = list(flat_p), [list(m) for m in flat_m]
+        for index, extra in groups:
+            if not index:
+                continue
+            stepped, ms = kernels.step(name, {**hyper, **extra}, [flat_p[i] for i in index],
+                                       [flat_g[i] for i in index], [[m[i] for i in index] for m in flat_m])
+            for k, i in enumerate(index):
+                new_p[i] = stepped[k]
+                for m, out in zip(new_m, ms):
+                    m[i] = out[k]
         return treedef.unflatten(new_p), [treedef.unflatten(m) for m in new_m]
     new_p, new_m = list(flat_p), [dict(m) for m in moments]
-    for dtype, where in _packing.layout(params).items():
-        index, offsets = [i for i, _ in where], [o for _, o in where]
-        stepped, buffers = kernels.step(name, hyper, [flat_p[i] for i in index], [flat_g[i] for i in index],
-                                        [m[dtype] for m in moments], offsets)
-        for i, p in zip(index, stepped):
-            new_p[i] = p
-        for m, buffer in zip(new_m, buffers):
-            m[dtype] = buffer
+    for dtype, where in packing.layout(params).items():
+        offsets = dict(where)
+        for index, extra in groups:
+            index = [i for i in index if i in offsets]
+            if not index:
+                continue
+            stepped, buffers = kernels.step(name, {**hyper, **extra}, [flat_p[i] for i in index],
+                                            [flat_g[i] for i in index], [m[dtype] for m in new_m],
+                                            [offsets[i] for i in index])
+            for i, p in zip(index, stepped):
+                new_p[i] = p
+            for m, buffer in zip(new_m, buffers):
+                m[dtype] = buffer
     return treedef.unflatten(new_p), new_m
 
 
-def adam_kernel(grads, inner, params, count, *, learning_rate, b1, b2, eps, weight_decay=None):
-    """One-pass ``chain(scale_by_adam, [add_decayed_weights,] scale_by_learning_rate)``."""
+def adam_kernel(grads, inner, params, count, *, learning_rate, b1, b2, eps, weight_decay=None, decay_mask=None):
+    """One-pass ``chain(scale_by_adam, [add_decayed_weights,] scale_by_learning_rate)``.
+
+    ``decay_mask(params)``, when given, is one bool per param leaf: the leaves
+    the decay applies to (``adamw(mask=...)``); the others step as plain Adam.
+    """
     adam, *rest = inner
-    leaves = _leaves(params, grads, adam.mu, adam.nu)
+    leaves = _kernel_or_none(params, grads, (adam.mu, adam.nu))
     if leaves is None:
         return None
     step = nx.increment(count)
@@ -114,26 +193,31 @@ def adam_kernel(grads, inner, params, count, *, learning_rate, b1, b2, eps, weig
         inv_bc1=1 / nx.bias_correction(b1, step), inv_bc2=1 / nx.bias_correction(b2, step),
         decay=0.0 if weight_decay is None else weight_decay, has_decay=float(weight_decay is not None),
     )
-    new_params, (mu, nu) = _run("adam", hyper, leaves)
+    groups = None
+    if weight_decay is not None and decay_mask is not None:
+        flags = decay_mask(params)
+        groups = [([i for i, f in enumerate(flags) if f], {}),
+                  ([i for i, f in enumerate(flags) if not f], dict(decay=0.0, has_decay=0.0))]
+    new_params, (mu, nu) = _run("adam", hyper, leaves, groups)
     return new_params, (adam._replace(mu=mu, nu=nu), *rest)
 
 
 def adagrad_kernel(grads, inner, params, count, *, learning_rate, eps):
     """One-pass ``chain(accumulate_squares, scale_by_learning_rate)``."""
     acc, *rest = inner
-    leaves = _leaves(params, grads, acc.nu)
+    leaves = _kernel_or_none(params, grads, (acc.nu,))
     if leaves is None:
         return None
     new_params, (nu,) = _run("adagrad", dict(neg_lr=-learning_rate, eps=eps), leaves)
-    return new_params, (AccumulatorState(nu), *rest)
+    return new_params, (acc._replace(nu=nu), *rest)
 
 
 def rmsprop_kernel(grads, inner, params, count, *, learning_rate, decay, eps):
     """One-pass ``chain(scale_by_rms, identity, scale_by_learning_rate)``."""
     rms, *rest = inner
-    leaves = _leaves(params, grads, rms.nu)
+    leaves = _kernel_or_none(params, grads, (rms.nu,))
     if leaves is None:
         return None
     hyper = dict(neg_lr=-learning_rate, b2=decay.value, b2c=decay.complement, eps=eps)
     new_params, (nu,) = _run("rmsprop", hyper, leaves)
-    return new_params, (RmsState(nu, None), *rest)
+    return new_params, (rms._replace(nu=nu), *rest)

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 
 from adaptx._src.validate import path_name
-from adaptx._src.base import GradientTransformation
+from adaptx._src.base import FusedTransformation, GradientTransformation, apply_updates, one_pass, update_then_apply
 
 # A pytree shaped like the params (or a prefix of them), or a function of the params returning one.
 TreeOrFunction = Union[Any, Callable[[Any], Any]]
@@ -55,6 +55,15 @@ def _merge(like: Any, keys: list, sources: dict) -> Any:
     return treedef.unflatten([flat[key][i] for i, key in enumerate(keys)])
 
 
+def leaf_flags(mask: TreeOrFunction, tree: Any) -> list:
+    """One bool per leaf of ``tree``: where :func:`masked` with this ``mask`` applies its transformation."""
+    flags = _per_leaf(mask, tree, "mask")
+    for flag in flags:
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"mask entries must be Python bools (they decide the state's structure), got {flag!r}")
+    return flags
+
+
 def masked(tx: GradientTransformation, mask: TreeOrFunction) -> GradientTransformation:
     """Apply ``tx`` to the leaves where ``mask`` is True; pass the others through unchanged.
 
@@ -68,11 +77,7 @@ def masked(tx: GradientTransformation, mask: TreeOrFunction) -> GradientTransfor
     jax.tree.map(lambda x: x.ndim > 1, p))`` decays matrices, not biases or norms.
     """
     def owned(tree):
-        flags = _per_leaf(mask, tree, "mask")
-        for flag in flags:
-            if not isinstance(flag, (bool, np.bool_)):
-                raise TypeError(f"mask entries must be Python bools (they decide the state's structure), got {flag!r}")
-        return flags
+        return leaf_flags(mask, tree)
 
     def init(params):
         return MaskedState(tx.init(_select(params, owned(params))))
@@ -84,7 +89,17 @@ def masked(tx: GradientTransformation, mask: TreeOrFunction) -> GradientTransfor
             **extra_args)
         return _merge(updates, flags, {True: inner_updates, False: updates}), MaskedState(inner)
 
-    return GradientTransformation(init, update)
+    if one_pass(tx) is None:
+        return GradientTransformation(init, update)
+
+    def update_and_apply(grads, state, params):
+        flags = owned(grads)
+        stepped, inner = update_then_apply(tx, _select(grads, flags), state.inner_state, _select(params, flags))
+        others = [not f for f in flags]
+        passed = apply_updates(_select(params, others), _select(grads, others))  # uᵢ = gᵢ there
+        return _merge(params, flags, {True: stepped, False: passed}), MaskedState(inner)
+
+    return FusedTransformation(init, update, update_and_apply)
 
 
 def partition(transforms: dict, labels: TreeOrFunction) -> GradientTransformation:
@@ -128,4 +143,16 @@ def partition(transforms: dict, labels: TreeOrFunction) -> GradientTransformatio
             results[label], states[label] = tx.update(_select(updates, owned), state.inner_states[label], sub_params, **extra_args)
         return _merge(updates, found, results), PartitionState(states)
 
-    return GradientTransformation(init, update)
+    if all(one_pass(tx) is None for tx in transforms.values()):
+        return GradientTransformation(init, update)
+
+    def update_and_apply(grads, state, params):
+        found = label_each(grads)
+        results, states = {}, {}
+        for label, tx in transforms.items():
+            owned = [x == label for x in found]
+            results[label], states[label] = update_then_apply(
+                tx, _select(grads, owned), state.inner_states[label], _select(params, owned))
+        return _merge(params, found, results), PartitionState(states)
+
+    return FusedTransformation(init, update, update_and_apply)

@@ -8,7 +8,7 @@ from jax.experimental import checkify
 
 from adaptx._src import numerics as nx
 from adaptx._src.validate import concrete
-from adaptx._src.base import GradientTransformation
+from adaptx._src.base import FusedTransformation, GradientTransformation, one_pass, update_then_apply
 
 
 class SkipNonfiniteState(NamedTuple):
@@ -56,7 +56,20 @@ def skip_nonfinite(tx: GradientTransformation, max_consecutive: Optional[int] = 
         gave_up = state.gave_up | (consecutive >= limit)
         return updates, SkipNonfiniteState(inner, skipped, consecutive, gave_up)
 
-    return GradientTransformation(init, update)
+    if one_pass(tx) is None:
+        return GradientTransformation(init, update)
+
+    def update_and_apply(grads, state, params):
+        finite = all_finite(grads)
+        # lax.cond here: the skipped branch leaves params and state untouched, with no select pass.
+        params, inner = jax.lax.cond(
+            finite, lambda operands: update_then_apply(tx, *operands), lambda operands: (operands[2], operands[1]),
+            (grads, state.inner_state, params))
+        consecutive = jnp.where(finite, 0, nx.increment(state.consecutive))
+        skipped = jnp.where(finite, state.skipped, nx.increment(state.skipped))
+        return params, SkipNonfiniteState(inner, skipped, consecutive, state.gave_up | (consecutive >= limit))
+
+    return FusedTransformation(init, update, update_and_apply)
 
 
 def _guards(state) -> list:

@@ -20,8 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adaptx._src import numerics as nx
-from adaptx._src.base import GradientTransformation, apply_updates
-from adaptx._src.fused import register
+from adaptx._src.base import FusedTransformation, GradientTransformation, apply_updates
 from adaptx._src.validate import RANGE_OF, check_range, check_scalar
 
 
@@ -116,21 +115,21 @@ def with_hyperparams(
         nx.check_inexact(updates, "updates")
         return run(state, lambda args, inner: build(state.count, **args).update(updates, inner, params, **extra_args))
 
-    tx = GradientTransformation(init, update)
-    if fused is not None:
-        def update_and_apply(grads, state, params):
-            def inner_step(args, inner):
-                done = fused(grads, inner, params, state.count, **args)
-                if done is not None:
-                    return done
-                updates, inner = build(state.count, **args).update(grads, inner, params)
-                return apply_updates(params, updates), inner
+    if fused is None:
+        return GradientTransformation(init, update)
 
-            nx.check_inexact(grads, "updates")
-            return run(state, inner_step)
+    def update_and_apply(grads, state, params):
+        def inner_step(args, inner):
+            done = fused(grads, inner, params, state.count, **args)
+            if done is not None:
+                return done
+            updates, inner = build(state.count, **args).update(grads, inner, params)
+            return apply_updates(params, updates), inner
 
-        register(tx, update_and_apply)
-    return tx
+        nx.check_inexact(grads, "updates")
+        return run(state, inner_step)
+
+    return FusedTransformation(init, update, update_and_apply)
 
 
 def _describe(state) -> str:

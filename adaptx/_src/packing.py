@@ -17,11 +17,25 @@ def layout(tree) -> Dict[str, List[Tuple[int, int]]]:
     return dict(sorted(groups.items()))
 
 
-def pack(tree) -> Dict[str, Any]:
-    """{dtype name: every leaf of that dtype, raveled and concatenated in leaf order}."""
+def sizes(tree) -> Dict[str, int]:
+    """dtype name -> the number of elements of that dtype in ``tree``."""
+    out: Dict[str, int] = {}
+    for leaf in jax.tree.leaves(tree):
+        name = jnp.dtype(leaf.dtype).name
+        out[name] = out.get(name, 0) + int(np.prod(jnp.shape(leaf), dtype=np.int64))
+    return out
+
+
+def pack(tree, like=None) -> Dict[str, Any]:
+    """{dtype name: every leaf of that dtype, raveled and concatenated in leaf order}.
+
+    With ``like`` (a tree of the same structure, the params) the leaves are
+    grouped by ``like``'s dtypes instead: a float32 moment of bfloat16 params
+    goes into the "bfloat16" buffer, the layout the kernel reads.
+    """
     leaves = jax.tree.leaves(tree)
     return {name: jnp.concatenate([jnp.ravel(leaves[i]) for i, _ in where])
-            for name, where in layout(tree).items()}
+            for name, where in layout(tree if like is None else like).items()}
 
 
 def unpack(flat: Dict[str, Any], like) -> Any:

@@ -3,12 +3,13 @@ from typing import Any, Callable
 
 import jax
 
-from adaptx._src.base import GradientTransformation
-from adaptx._src.fused import update_and_apply
+from adaptx._src.base import GradientTransformation, one_pass
+from adaptx._src.fused import explain, recording_declines, update_and_apply
 
 
 def make_train_step(
-    loss_fn: Callable[..., Any], tx: GradientTransformation, *, donate: bool = True, has_aux: bool = False
+    loss_fn: Callable[..., Any], tx: GradientTransformation, *, donate: bool = True, has_aux: bool = False,
+    require_kernel: bool = False,
 ) -> Callable:
     """Return ``step(params, state, batch) -> (params, state, loss)``, jitted.
 
@@ -20,12 +21,22 @@ def make_train_step(
     and the arrays passed in are deleted, so keep only what the step returns.
     With ``has_aux``, ``loss_fn`` returns ``(loss, aux)`` and so does the step
     in place of ``loss``.
+
+    Where the kernel cannot run, the step falls back to ``update`` then
+    ``apply_updates`` silently (:func:`adaptx.kernels.explain` says why);
+    with ``require_kernel`` it raises ValueError naming the reason instead.
     """
+    if require_kernel and one_pass(tx) is None:
+        raise ValueError("require_kernel: " + explain(tx, None))
     grad_fn = jax.value_and_grad(loss_fn, has_aux=has_aux)
 
     def step(params, state, batch):
         loss, grads = grad_fn(params, batch)
-        params, state = update_and_apply(tx, grads, state, params)
+        if require_kernel:
+            with recording_declines(raise_on_decline=True):
+                params, state = update_and_apply(tx, grads, state, params)
+        else:
+            params, state = update_and_apply(tx, grads, state, params)
         return params, state, loss
 
     return jax.jit(step, donate_argnums=(0, 1) if donate else ())
