@@ -36,6 +36,22 @@ def unpack_state(state, params):
                         is_leaf=lambda n: _is_flat(n, params))
 
 
+def _refuse_sharded(params) -> None:
+    """flat_state concatenates leaves, which cannot keep a sharded param's layout: say so up front."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        sharding = getattr(leaf, "sharding", None) if not isinstance(leaf, jax.core.Tracer) else None
+        if sharding is None:
+            typed = jax.typeof(leaf).sharding if isinstance(leaf, jax.core.Tracer) else None
+            sharded = typed is not None and any(axis is not None for axis in typed.spec)
+        else:
+            sharded = isinstance(sharding, jax.sharding.Sharding) and not sharding.is_fully_replicated
+        if sharded:
+            raise ValueError(
+                f"flat_state cannot hold sharded params (the leaf at {jax.tree_util.keystr(path) or 'the root'}"
+                " is sharded): its buffers concatenate every leaf, which would gather them onto each device."
+                " Use the optimizer without flat_state: its one-pass kernel runs shard by shard")
+
+
 def flat_state(tx: GradientTransformation) -> GradientTransformation:
     """``tx`` with its moments in one flat buffer per param dtype instead of one array per leaf.
 
@@ -52,6 +68,7 @@ def flat_state(tx: GradientTransformation) -> GradientTransformation:
     :func:`adaptx.set_hyperparams` work on its state as on ``tx``'s.
     """
     def init(params):
+        _refuse_sharded(params)
         return pack_state(tx.init(params), params)
 
     def update(updates, state, params=None, **extra_args):

@@ -7,6 +7,7 @@ compiler is found or the build fails, :func:`available` says False (and
 computes the same numbers in several passes.
 """
 import ctypes
+import functools
 import hashlib
 import os
 import shutil
@@ -20,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding, PartitionSpec
 
 SOURCE = Path(__file__).with_name("fused_step.cc")
 TARGET = "adaptx_fused_step"
@@ -113,26 +116,99 @@ def step(optimizer: str, hyper: dict, params: Sequence, grads: Sequence, moments
 
 def _call(optimizer, vector, params, grads, leaf_moments, shared, offsets):
     """One custom call; returns (new params, new per-leaf moment lists or new shared buffers)."""
-    operands, results, aliases = [vector], [], {}
-
-    def alias(x):
-        aliases[len(operands) - 1] = len(results)
-        results.append(jax.ShapeDtypeStruct(x.shape, x.dtype))
-
+    operands, aliased, owner = [vector], [], [None]  # owner: the leaf an operand belongs to
     for i, (p, g) in enumerate(zip(params, grads)):
-        operands.append(p)
-        alias(p)
-        operands.append(g)
-        for m in (m[i] for m in leaf_moments):
-            operands.append(m)
-            alias(m)
+        aliased.append(len(operands))
+        operands += [p, g]
+        for m in leaf_moments:
+            aliased.append(len(operands))
+            operands.append(m[i])
+        owner += [i] * (2 + len(leaf_moments))
     for buffer in shared:
+        aliased.append(len(operands))
         operands.append(buffer)
-        alias(buffer)
-    call = jax.ffi.ffi_call(TARGET, results, input_output_aliases=aliases, vmap_method="sequential")
-    out = call(*operands, optimizer=np.int32(OPTIMIZERS[optimizer]), parallel_min=np.int64(PARALLEL_MIN),
-               flat=offsets is not None, offsets=np.asarray(offsets if offsets is not None else [0] * len(params), np.int64))
+        owner.append(None)
+    call = functools.partial(_ffi, optimizer, aliased, offsets, len(params))
+    if offsets is None and jax.device_count() > 1:
+        explicit = _explicit_mesh(operands)
+        if explicit is not None:
+            call, operands = _shard_mapped(call, operands, owner, aliased, explicit)
+        else:
+            call = _partitioned(call, owner, aliased)
+    out = call(*operands)
     if offsets is not None:
         return list(out[:len(params)]), list(out[len(params):])
     width = 1 + len(leaf_moments)
     return list(out[0::width]), [list(out[k::width]) for k in range(1, width)]
+
+
+def _ffi(optimizer, aliased, offsets, n_leaves, *operands):
+    """The kernel's FFI call over ``operands``; output k overwrites operand ``aliased[k]`` in place."""
+    results = [jax.ShapeDtypeStruct(operands[i].shape, operands[i].dtype) for i in aliased]
+    call = jax.ffi.ffi_call(TARGET, results, input_output_aliases={i: k for k, i in enumerate(aliased)},
+                            vmap_method="sequential")
+    return call(*operands, optimizer=np.int32(OPTIMIZERS[optimizer]), parallel_min=np.int64(PARALLEL_MIN),
+                flat=offsets is not None,
+                offsets=np.asarray(offsets if offsets is not None else [0] * n_leaves, np.int64))
+
+
+def _explicit_mesh(operands):
+    """The mesh of operands typed with Explicit sharding axes (``jax.sharding.AxisType.Explicit``), or None."""
+    for operand in operands[1:]:
+        mesh = jax.typeof(operand).sharding.mesh
+        if any(t == jax.sharding.AxisType.Explicit for t in getattr(mesh, "axis_types", ())):
+            return mesh
+    return None
+
+
+def _shard_mapped(call, operands, owner, aliased, mesh):
+    """``call`` under ``jax.shard_map`` for explicitly sharded operands: each device steps its slice.
+
+    With Explicit axes the shardings are part of the types, so the step is
+    mapped over them directly; a gradient or moment typed otherwise than its
+    param is resharded to the param's layout first (a no-op when they agree).
+    """
+    specs, by_leaf = [PartitionSpec()], {}
+    for operand, leaf in zip(operands[1:], owner[1:]):
+        by_leaf.setdefault(leaf, jax.typeof(operand).sharding.spec)
+        specs.append(PartitionSpec() if leaf is None else by_leaf[leaf])
+    operands = [o if i == 0 or jax.typeof(o).sharding.spec == specs[i] else jax.sharding.reshard(o, specs[i])
+                for i, o in enumerate(operands)]
+    mapped = jax.shard_map(lambda *local: tuple(call(*local)), mesh=mesh, in_specs=tuple(specs),
+                           out_specs=tuple(specs[i] for i in aliased))
+    return mapped, operands
+
+
+def _partitioned(call, owner, aliased):
+    """``call`` run shard by shard: the step is elementwise, so each device steps its own slice.
+
+    Without this the partitioner sees an opaque custom call and gathers every
+    operand onto each device. Here a leaf's param, gradient and moments share
+    one sharding (the param's), the hyperparameter vector (operand 0) is
+    replicated, and each output keeps its operand's sharding: no collective.
+    """
+    partitioned = custom_partitioning(call)
+
+    def partition(mesh, arg_shapes, result_shape):
+        by_leaf = {}
+        for shape, leaf in zip(arg_shapes, owner):
+            if leaf is not None:
+                by_leaf.setdefault(leaf, shape.sharding)  # the param's sharding rules its leaf
+        replicated = NamedSharding(mesh, PartitionSpec())
+        arg_shardings = tuple(replicated if leaf is None else by_leaf[leaf] for leaf in owner)
+        return mesh, call, [arg_shardings[i] for i in aliased], arg_shardings
+
+    def factors(leaf, rank):
+        return " ".join(f"l{leaf}d{axis}" for axis in range(rank))
+
+    def rule(*shapes):
+        ranks = [len(s) for s in shapes]
+        specs = ["h"] + [factors(leaf, rank) for leaf, rank in zip(owner[1:], ranks[1:])]
+        return ", ".join(specs) + " -> " + ", ".join(specs[i] for i in aliased)
+
+    def run(*operands):
+        partitioned.def_partition(partition=partition, sharding_rule=rule(*(o.shape for o in operands)),
+                                  need_replication_factors=("h",))
+        return partitioned(*operands)
+
+    return run
