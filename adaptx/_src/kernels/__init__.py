@@ -1,18 +1,29 @@
-"""The one-pass CPU kernel (``fused_step.cc``): built on first use, called through ``jax.ffi``.
+"""The one-pass CPU kernel (``fused_step.cc``), built at install, called through ``jax.ffi``.
 
-The kernel is compiled with the system's C++ compiler against jaxlib's FFI
-headers into a per-user cache, once per source and jaxlib version. Where no
-compiler is found or the build fails, :func:`available` says False (and
-:func:`unavailable_reason` why) and adaptx keeps to its jnp path, which
+``pip install`` compiles ``fused_step.cc`` against jaxlib's FFI headers into a
+shared library inside this package directory (``_fused_step*.so``; see setup.py,
+where the extension is optional). This module only loads that file, with
+ctypes, and registers its handler with XLA: no compiler runs at import or trace
+time, there is no cache directory, and no environment variable chooses a path.
+Where the library is missing (installed without a C++ compiler), damaged,
+lacks the handler, or XLA refuses it, :func:`available` says False,
+:func:`unavailable_reason` says why, and adaptx keeps to its jnp path, which
 computes the same numbers in several passes.
+
+Loading a shared library runs its code. The one loaded here is the file pip
+wrote into the installed package, owned like the package's ``.py`` files;
+whoever can replace it can replace those too, so a planted library needs write
+access to site-packages (or to the source tree of an editable install), which
+is outside what this loader defends. Its checks are for accidents: before
+``dlopen`` it reads the ELF headers and refuses a file whose headers or
+segments run past its end (a truncated library would be mapped and fault with
+SIGBUS, killing the process, rather than fail).
 """
 import ctypes
 import functools
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
+import importlib.util
+import struct
+import sys
 import threading
 from pathlib import Path
 from typing import Optional, Sequence
@@ -24,7 +35,8 @@ import numpy as np
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
-SOURCE = Path(__file__).with_name("fused_step.cc")
+LIBRARY = f"{__name__}._fused_step"  # the extension setup.py builds, found as a module would be
+SYMBOL = "AdaptxFusedStep"  # the handler fused_step.cc exports (XLA_FFI_DEFINE_HANDLER_SYMBOL)
 TARGET = "adaptx_fused_step"
 OPTIMIZERS = {"adam": 0, "adagrad": 1, "rmsprop": 2}
 # Slots of the hyperparameter vector; the order is the kernel's ``Slot`` enum.
@@ -38,55 +50,90 @@ LEAVES_PER_CALL = 16
 # thread costs more than it saves there, and XLA runs independent calls side by side.
 PARALLEL_MIN = 1 << 16
 
+NOT_BUILT = ("the one-pass kernel was not built when adaptx was installed (no C++ compiler?): "
+             "reinstall adaptx with a C++ compiler to enable it; the plain path is used")
+REINSTALL = "reinstall adaptx to rebuild it; the plain path is used"
+
 _lock = threading.Lock()
 _state: dict = {}
 
 
-def cache_dir() -> Path:
-    """Where built kernels are kept: ``$ADAPTX_CACHE_DIR`` or ``~/.cache/adaptx``."""
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "adaptx"
-    return Path(os.environ.get("ADAPTX_CACHE_DIR", default))
+def library_path() -> Optional[Path]:
+    """The kernel library installed in this package, or None where it was not built."""
+    try:
+        spec = importlib.util.find_spec(LIBRARY)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".so"):
+        return None
+    return Path(spec.origin)
 
 
-def _build() -> Path:
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + jaxlib.__version__.encode()).hexdigest()[:16]
-    library = cache_dir() / f"fused_step-{key}.so"
-    if library.exists():
-        return library
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        raise RuntimeError("no C++ compiler found (set CXX or install g++)")
-    library.parent.mkdir(parents=True, exist_ok=True)
-    # -ffp-contract=off: no fused multiply-adds, so each op rounds as XLA's does.
-    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
-        built = Path(tmp) / library.name
-        subprocess.run(
-            [compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno",
-             "-w", f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(built)],
-            check=True, capture_output=True, text=True,
-        )
-        os.replace(built, library)  # atomic: concurrent builders never see half a file
-    return library
+def _check_elf(path: Path) -> None:
+    """Raise OSError unless ``path`` is an ELF shared object whose headers and segments lie inside it."""
+    with open(path, "rb") as file:
+        data = file.read(1 << 16)
+        size = file.seek(0, 2)
+    if len(data) < 52 or data[:4] != b"\x7fELF" or data[4] not in (1, 2) or data[5] not in (1, 2):
+        raise OSError(f"not an ELF file ({size} bytes)")
+    wide, order = data[4] == 2, "<" if data[5] == 1 else ">"
+    header = order + ("16xHHIQQQIHHHHHH" if wide else "16xHHIIIIIHHHHHH")
+    if len(data) < struct.calcsize(header):
+        raise OSError(f"truncated ELF header ({size} bytes)")
+    kind, _, _, _, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum, _ = struct.unpack_from(header, data)
+    if kind != 3:  # ET_DYN
+        raise OSError("not a shared object")
+    if phoff + phentsize * phnum > size or shoff + shentsize * shnum > size:
+        raise OSError(f"truncated: its headers run past its end ({size} bytes)")
+    segment = order + ("IIQQQQ" if wide else "IIIIII")
+    with open(path, "rb") as file:
+        file.seek(phoff)
+        table = file.read(phentsize * phnum)
+    for i in range(phnum):
+        fields = struct.unpack_from(segment, table, i * phentsize)
+        kind, offset, filesz = (fields[0], fields[2], fields[5]) if wide else (fields[0], fields[1], fields[4])
+        if kind == 1 and offset + filesz > size:  # PT_LOAD
+            raise OSError(f"truncated: a segment runs past its end ({size} bytes)")
+
+
+def _load(path: Path) -> Optional[str]:
+    """Load the library at ``path`` and register its handler with XLA; None, or why it failed."""
+    try:
+        if sys.platform.startswith("linux"):
+            _check_elf(path)
+        library = ctypes.CDLL(str(path))
+    except OSError as error:
+        return f"the one-pass kernel library {path} cannot be loaded ({error}): {REINSTALL}"
+    try:
+        handler = getattr(library, SYMBOL)
+    except AttributeError:
+        return f"the one-pass kernel library {path} has no {SYMBOL} handler: {REINSTALL}"
+    try:
+        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handler), platform="cpu")
+    except Exception as error:  # XLA refused it: e.g. built against an incompatible jaxlib
+        return (f"XLA refused the one-pass kernel in {path} ({type(error).__name__}: {error}) under "
+                f"jaxlib {jaxlib.__version__}: {REINSTALL}")
+    _state["library"] = library  # kept for the process's life: XLA holds pointers into it
+    return None
 
 
 def available() -> bool:
-    """Whether the kernel is built and registered with XLA (builds it on first call)."""
+    """Whether the kernel library is installed and registered with XLA (loads it on first call)."""
     with _lock:
         if "ok" not in _state:
+            path = library_path()
             try:
-                library = ctypes.cdll.LoadLibrary(str(_build()))
-                jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.AdaptxFusedStep), platform="cpu")
-                _state["ok"] = True
-            except (OSError, RuntimeError, subprocess.CalledProcessError) as error:
-                detail = getattr(error, "stderr", "") or ""
-                _state["ok"], _state["reason"] = False, f"{error} {detail}".strip()
+                reason = NOT_BUILT if path is None else _load(path)
+            except Exception as error:  # nothing a damaged install does may escape into a step
+                reason = f"the one-pass kernel could not be loaded ({type(error).__name__}: {error}): {REINSTALL}"
+            _state["ok"], _state["reason"] = reason is None, reason
         return _state["ok"]
 
 
 def unavailable_reason() -> Optional[str]:
-    """Why :func:`available` is False, or None."""
-    return _state.get("reason")
+    """Why :func:`available` is False (a sentence), or None where the kernel is in use."""
+    available()
+    return _state["reason"]
 
 
 def step(optimizer: str, hyper: dict, params: Sequence, grads: Sequence, moments: Sequence, offsets=None):
