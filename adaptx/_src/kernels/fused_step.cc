@@ -175,6 +175,8 @@ ffi::Error FusedStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Rem
                      ffi::RemainingRets rets, int32_t optimizer, int64_t parallel_min, bool flat,
                      ffi::Span<const int64_t> offsets) {
   if (hyper.element_count() != kSlots) return ffi::Error::InvalidArgument("adaptx: wrong hyperparameter vector");
+  if (optimizer != kAdam && optimizer != kAdagrad && optimizer != kRmsprop)
+    return ffi::Error::InvalidArgument("adaptx: unknown optimizer");
   const size_t moments = optimizer == kAdam ? 2 : 1;
   const size_t k = offsets.size();
   const size_t in_per_leaf = flat ? 2 : 2 + moments, out_per_leaf = flat ? 1 : 1 + moments;
@@ -191,6 +193,33 @@ ffi::Error FusedStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Rem
     *in = static_cast<const float*>(args.get<ffi::AnyBuffer>(arg).value().untyped_data()) + offsets[i];
     *out = static_cast<float*>(rets.get<ffi::AnyBuffer>(ret).value()->untyped_data()) + offsets[i];
   };
+  // Every size and dtype is checked before any element is touched: Python checks them too,
+  // but a mismatch here would read or write past a buffer.
+  for (size_t i = 0; i < k; ++i) {
+    auto p = args.get<ffi::AnyBuffer>(i * in_per_leaf).value();
+    auto g = args.get<ffi::AnyBuffer>(i * in_per_leaf + 1).value();
+    auto p_out = rets.get<ffi::AnyBuffer>(i * out_per_leaf).value();
+    const auto type = p.element_type();
+    if (type != ffi::DataType::F32 && type != ffi::DataType::BF16)
+      return ffi::Error::InvalidArgument("adaptx: params must be float32 or bfloat16");
+    if (g.element_type() != type || p_out->element_type() != type)
+      return ffi::Error::InvalidArgument("adaptx: gradients and results must have the params' dtype");
+    const size_t n = p.element_count();
+    if (g.element_count() != n || p_out->element_count() != n)
+      return ffi::Error::InvalidArgument("adaptx: gradients and results must have the params' size");
+    for (size_t j = 0; j < moments; ++j) {
+      auto in = args.get<ffi::AnyBuffer>(flat ? k * in_per_leaf + j : i * in_per_leaf + 2 + j).value();
+      auto out = rets.get<ffi::AnyBuffer>(flat ? k * out_per_leaf + j : i * out_per_leaf + 1 + j).value();
+      if (in.element_type() != ffi::DataType::F32 || out->element_type() != ffi::DataType::F32)
+        return ffi::Error::InvalidArgument("adaptx: moments must be float32");
+      if (in.element_count() != out->element_count())
+        return ffi::Error::InvalidArgument("adaptx: a moment and its result differ in size");
+      const int64_t start = flat ? offsets[i] : 0;
+      if (start < 0 || static_cast<size_t>(start) > in.element_count() || in.element_count() - start < n ||
+          (!flat && in.element_count() != n))
+        return ffi::Error::InvalidArgument("adaptx: a moment buffer does not hold its leaf");
+    }
+  }
   int64_t total = 0;
   for (size_t i = 0; i < k; ++i) {
     auto p = args.get<ffi::AnyBuffer>(i * in_per_leaf).value();
