@@ -42,8 +42,9 @@ def skip_nonfinite(tx: GradientTransformation, max_consecutive: Optional[int] = 
     limit = jnp.iinfo(jnp.int32).max if max_consecutive is None else max_consecutive
 
     def init(params):
-        zero = jnp.zeros([], jnp.int32)
-        return SkipNonfiniteState(tx.init(params), zero, zero, jnp.asarray(False))
+        # One fresh array per leaf: a donated step (make_train_step) cannot take one buffer twice.
+        return SkipNonfiniteState(tx.init(params), jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32),
+                                  jnp.zeros([], jnp.bool_))
 
     def update(updates, state, params=None, **extra_args):
         finite = all_finite(updates)
