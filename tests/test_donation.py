@@ -203,10 +203,6 @@ def test_no_state_shares_an_array_with_another_leaf_params_or_hyperparameters():
     assert not shared_arrays(trees)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "adaptx/_src/hyperparams.py:set_hyperparams stores jnp.asarray(value, dtype), which is the caller's own"
-    " array when it already has the stored dtype, so a donated step deletes it; jnp.array(value, dtype)"
-    " (a copy) fixes it. Remove this marker with that fix"))
 def test_set_hyperparams_does_not_store_the_callers_array():
     """set_hyperparams(state, learning_rate=x) with a float32 jax array ``x`` keeps a copy of ``x``, not ``x``."""
     tx = adaptx.adam(0.01)

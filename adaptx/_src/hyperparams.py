@@ -195,6 +195,9 @@ def set_hyperparams(state, **values):
                    " momentum > 0)" if name == "momentum" else "")
             )
         check_range(name, value, RANGE_OF.get(name)) if name in RANGE_OF else check_scalar(name, value)
-        new[name] = jnp.asarray(value, new[name].dtype)
+        # A copy of a concrete array: the state must never hold the caller's own buffer,
+        # which a donated step would delete.
+        new[name] = jnp.asarray(value, new[name].dtype) if isinstance(value, jax.core.Tracer) else jnp.array(
+            value, new[name].dtype)
     replaced = target._replace(hyperparams=new)
     return jax.tree.map(lambda node: replaced if node is target else node, state, is_leaf=lambda node: node is target)
