@@ -9,6 +9,7 @@ import datetime
 import os
 import platform
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -41,7 +42,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes and few repetitions (smoke test)")
     ap.add_argument("--only", default=",".join(SUITES), help=f"comma-separated subset of {','.join(SUITES)}")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent, help="folder for RESULTS.md and results.json")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="folder for RESULTS.md and results.json (default: this folder; with --quick a temporary one)")
     ap.add_argument("--size-log2", type=int, default=None, help="params in the one-leaf runs (default 24, quick 14)")
     ap.add_argument("--leaves", type=int, default=None, help="leaves in the many-leaf run (default 1000, quick 20)")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions per run (default 21, quick 3)")
@@ -52,6 +54,11 @@ def main(argv=None):
     unknown = set(only) - set(SUITES)
     if unknown:
         ap.error(f"unknown suites {sorted(unknown)}; choose from {', '.join(SUITES)}")
+    committed = Path(__file__).parent.resolve()
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="adaptx-bench-")) if args.quick else committed
+    if args.quick and args.out.resolve() == committed:
+        ap.error("--quick never writes into benchmarks/ (its smoke figures would replace the recorded ones)")
     n = 1 << (args.size_log2 or (14 if args.quick else 24))
     leaves = args.leaves or (20 if args.quick else 1000)
     reps = args.reps or (3 if args.quick else 21)

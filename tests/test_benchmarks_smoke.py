@@ -13,3 +13,13 @@ def test_quick_run_writes_results(tmp_path, capsys):
     text = (tmp_path / "RESULTS.md").read_text()
     assert "## Targets (issue 4)" in text and "adaptx adam" in text
     assert "RESULTS.md" not in capsys.readouterr().err
+
+
+def test_quick_run_never_writes_the_committed_results():
+    import pytest
+
+    from benchmarks import run
+
+    committed = run.Path(run.__file__).parent
+    with pytest.raises(SystemExit):
+        run.main(["--quick", "--out", str(committed)])
