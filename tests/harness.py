@@ -250,3 +250,25 @@ def assert_trees_within(got, want, steps, ops_per_step, transcendentals=0, imple
         bound = leaf_bound(b.dtype, steps, ops_per_step, transcendentals, implementations)
         error = relative_error(a, b)
         assert error <= bound, f"{what}{name}: relative error {error:.3g} > float bound {bound:.3g}"
+
+
+def gradient_condition(loss_fn, params_along, batches_along) -> float:
+    """κ of a batch gradient as a sum over the batch's rows, along a run, for rounding_bound.
+
+    A sum's rounding error is relative to Σ|terms|, and two programs may add the rows in
+    different orders (a vmapped matmul, micro-batches); relative to the gradient leaf's
+    largest value that is κ = max Σᵢ|∇ℓᵢ| / max |Σᵢ ∇ℓᵢ| times more, both maxima over the
+    leaf's elements and the run's steps, worst leaf. ``loss_fn(params, batch)`` is a mean
+    over the rows (axis 0) of each array in ``batch``.
+    """
+    def per_row(params, batch):
+        return jax.vmap(lambda row: jax.grad(loss_fn)(params, jax.tree.map(lambda a: a[None], row)))(batch)
+
+    absolute, summed = {}, {}
+    for params, batch in zip(params_along, batches_along):
+        names, leaves = leaves_with_paths(per_row(params, batch))
+        for name, rows in zip(names, leaves):
+            rows = np.asarray(rows, np.float64).reshape(len(rows), -1)
+            absolute[name] = max(absolute.get(name, 0.0), np.max(np.abs(rows).sum(0), initial=0.0))
+            summed[name] = max(summed.get(name, 0.0), np.max(np.abs(rows.sum(0)), initial=0.0))
+    return max([absolute[name] / summed[name] for name in absolute if summed[name] > 0], default=1.0)
