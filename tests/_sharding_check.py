@@ -18,6 +18,9 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E4
 import adaptx  # noqa: E402
 from adaptx import checkpoint, sharding  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import assert_trees_within, step_cost  # noqa: E402
+
 OPTIMIZERS = {
     "sgd": adaptx.sgd(0.1, momentum=0.9, nesterov=True),
     "adagrad": adaptx.adagrad(0.1),
@@ -70,10 +73,16 @@ def _apply(tx, params, state, grads):
     return adaptx.apply_updates(params, updates), state
 
 
-def assert_equal(got, want, what):
-    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
-        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-6, atol=1e-7,
-                                   err_msg=f"{what}{jax.tree_util.keystr(path)}")
+# Per optimizer, its step's (ops, transcendentals) (harness.STEP_COST): a sharded program may fuse
+# and vectorise differently from the one-device one, so two float32 programs (and the bfloat16
+# leaf's roundings), over the 3 steps train takes.
+COST = {"rmsprop": step_cost("rmsprop"), "adam": step_cost("adam"),
+        "accumulated rmsprop": (step_cost("rmsprop")[0] + 2, 0),  # the mean of 2 gradients
+        "partitioned": step_cost("adam")}
+
+
+def assert_equal(got, want, what, cost=COST["adam"], steps=3):
+    assert_trees_within(jax.device_get(got), jax.device_get(want), steps, *cost, what=what)
 
 
 def check_state_follows_params(axis_type, names, stepped):
@@ -92,11 +101,11 @@ def check_state_follows_params(axis_type, names, stepped):
             result = train(OPTIMIZERS[name], params, grads)
             assert_follows(result[1], params, f"{name}: state after 3 jitted steps ")
             assert_follows(result[0], params, f"{name}: params after 3 jitted steps ")
-            assert_equal(result, references[name], f"{name}: (params, state) vs one device ")
+            assert_equal(result, references[name], f"{name}: (params, state) vs one device ", COST[name])
             if all(map(np.array_equal, jax.tree.leaves(result), jax.tree.leaves(references[name]))):
                 bitwise.append(name)
     print(f"PASS state follows params ({axis_type.name} mesh 2x4; init of {len(names)} optimizers, 3 steps of"
-          f" {len(stepped)}; bit-identical to one device: {', '.join(bitwise) or 'none'}; the rest within 1e-6)")
+          f" {len(stepped)}; bit-identical to one device: {', '.join(bitwise) or 'none'}; the rest within the float32 bound)")
 
 
 def check_zero1():

@@ -272,3 +272,38 @@ def gradient_condition(loss_fn, params_along, batches_along) -> float:
             absolute[name] = max(absolute.get(name, 0.0), np.max(np.abs(rows).sum(0), initial=0.0))
             summed[name] = max(summed.get(name, 0.0), np.max(np.abs(rows.sum(0)), initial=0.0))
     return max([absolute[name] / summed[name] for name in absolute if summed[name] > 0], default=1.0)
+
+
+def tanh_regression_loss_bound(params_bound, params_along, batches_along, implementations=2) -> float:
+    """rounding_bound of the loss mean((tanh(x·w + b) − y)²) of the sweep and train-step tests, at
+    params within ``params_bound`` (relative_error) of each other, along a run.
+
+    A relative change δ of every weight and pre-activation (the params' own deviation, and the
+    dot product's rounding, which is one of w) moves the loss by at most
+    κ_L·δ, κ_L = Σᵢ 2|rᵢ|·(Σⱼ|xᵢⱼwⱼ| + |b|) / Σᵢ rᵢ² (|tanh'| ≤ 1), worst step; tanh, the
+    residual and the square err relative to |pred|, which enters as κ_L does with |pred| for
+    the pre-activation; the mean of positive squares errs by a rounding per row.
+    """
+    worst = 1.0
+    for params, (x, y) in zip(params_along, batches_along):
+        x, w, b, y = (np.asarray(a, np.float64) for a in (x, params["w"], params["b"], y))
+        x, w = x.reshape(len(x), -1), w.reshape(x.shape[1] if x.ndim > 1 else 1, -1)
+        r = np.tanh(x @ w + b) - y.reshape(len(y), -1)
+        scale = np.abs(x) @ np.abs(w) + np.abs(b)
+        worst = max(worst, float(np.sum(2 * np.abs(r) * np.maximum(scale, 1.0)) / np.sum(r * r)))
+    rows = int(np.size(batches_along[0][1]))
+    dot = rounding_bound(1, int(np.shape(batches_along[0][0])[-1]) + 1, implementations=implementations)
+    pointwise = rounding_bound(1, 3, 1, implementations=implementations)  # tanh, − y, square
+    return worst * (params_bound + dot + pointwise) + rounding_bound(1, rows, implementations=implementations)
+
+
+def float32_beta_ops(b1=None, b2=None) -> float:
+    """Half-ulps per step that bias corrections 1 − βᵗ computed from β rounded to float32 add
+    to an update m/(1 − β₁ᵗ) / √(v/(1 − β₂ᵗ)) (optax's, keras'), for rounding_bound's ops.
+
+    β off by eps/2 puts βᵗ off by t·βᵗ⁻¹·eps/2, which is β/(1 − β) · t(1 − β)βᵗ⁻¹/(1 − βᵗ) ≤
+    β/(1 − β) half-ulps of 1 − βᵗ: a cancellation, so 1000 of them at β = 0.999. The update
+    divides by 1 − β₁ᵗ and by the square root of 1 − β₂ᵗ (half the relative error).
+    """
+    ops = 0.0 if b1 is None else b1 / (1 - b1)
+    return ops + (0.0 if b2 is None else 0.5 * b2 / (1 - b2))

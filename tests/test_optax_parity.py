@@ -21,7 +21,7 @@ import pytest
 import adaptx
 from adaptx._src import numerics as _numerics
 from _parity import STEPS, log_uniform, random_grads, random_params, relative_deviation, trajectory, uniform
-from harness import rounding_bound, step_cost
+from harness import float32_beta_ops, rounding_bound, step_cost
 
 LR, EPS = log_uniform(1e-4, 1e-1), log_uniform(1e-10, 1e-3)
 # β₂ up to 0.999 only: beyond it optax's float32 bias correction is off by more than
@@ -98,17 +98,11 @@ def problem():
     return params, random_grads(rng, params)
 
 
-def optax_conditioning(name, h) -> tuple:
-    """Half-ulps per step that optax's float32 β adds to its bias-corrected updates.
-
-    optax computes 1 − βᵗ from β rounded to float32: an error of eps/2 in β is one of
-    t·βᵗ⁻¹·eps/2 in βᵗ, relative β/(1 − β) · t(1 − β)βᵗ⁻¹/(1 − βᵗ) ≤ β/(1 − β) half-ulps of
-    1 − βᵗ. The update divides by 1 − β₁ᵗ and by √(1 − β₂ᵗ).
-    """
+def optax_conditioning(name, h) -> float:
+    """What optax's bias corrections from a float32 β add per step (harness.float32_beta_ops)."""
     if name not in ("adam", "adamw", "amsgrad", "adamax", "nadam"):
-        return (0, 0)
-    b1, b2 = h["b1"], h["b2"]
-    return (b1 / (1 - b1) + (0.0 if name == "adamax" else 0.5 * b2 / (1 - b2)), 0)
+        return 0.0
+    return float32_beta_ops(h["b1"], None if name == "adamax" else h["b2"])
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -124,7 +118,7 @@ def test_reproduces_optax(case, problem):
     ops, transcendentals = step_cost(name)
     within = rounding_bound(STEPS, ops, transcendentals)
     assert relative_deviation(got, exact) <= within, (relative_deviation(got, exact), within, h)
-    extra, _ = optax_conditioning(name, h)
+    extra = optax_conditioning(name, h)
     between = rounding_bound(STEPS, ops + extra, transcendentals, implementations=2)
     assert relative_deviation(got, want) <= between, (relative_deviation(got, want), between, h)
 

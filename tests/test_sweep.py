@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import adaptx
-from harness import gradient_condition, relative_error, rounding_bound, step_cost
+from harness import gradient_condition, relative_error, rounding_bound, step_cost, tanh_regression_loss_bound
 
 STEPS = 12
 X = jax.random.normal(jax.random.key(0), (16, 3))
@@ -52,17 +52,6 @@ def separate_run(tx, batch_fn=lambda data, step: data):
 MODEL_OPS, MODEL_TRANSCENDENTALS = 12, 1
 
 
-def loss_condition(along, batches):
-    """How much the loss moves relative to a relative change of every weight and pre-activation:
-    max over the run of Σᵢ 2|rᵢ|·(Σⱼ|xᵢⱼwⱼ| + |b|) / Σᵢ rᵢ² (|tanh'| ≤ 1)."""
-    worst = 1.0
-    for params, (x, y) in zip(along, batches):
-        x, w, b = (np.asarray(a, np.float64) for a in (x, params["w"], params["b"]))
-        r = np.tanh(x @ w + b) - np.asarray(y, np.float64)
-        worst = max(worst, float(np.sum(2 * np.abs(r) * (np.abs(x * w).sum(1) + abs(b))) / np.sum(r * r)))
-    return worst
-
-
 def bounds(cost, along, batch_fn):
     """(params, losses) rounding_bound of two float32 programs of one setting's run;
     ``cost`` is the optimizer's (ops, transcendentals) per step."""
@@ -71,9 +60,7 @@ def bounds(cost, along, batch_fn):
     ops, transcendentals = cost
     ops += MODEL_OPS + rows * gradient_condition(loss_fn, along, batches)
     params = rounding_bound(STEPS, ops, transcendentals + MODEL_TRANSCENDENTALS, implementations=2)
-    forward = rounding_bound(1, 5, 1, implementations=2)  # x·w + b and tanh at the same params
-    mean = rounding_bound(1, rows + 1, implementations=2)  # squares and their mean: positive terms
-    return params, loss_condition(along, batches) * (params + forward) + mean
+    return params, tanh_regression_loss_bound(params, along, batches)
 
 
 def assert_matches_separate_runs(result, build, cost, batch_fn=lambda data, step: data, which=None):
