@@ -73,12 +73,16 @@ def test_vmap_over_params_equals_each_member(name):
     for _ in range(STEPS):
         stacked, states = swept(stacked, states)
     step = jax.jit(functools.partial(train_step, tx))
-    # Not bit for bit: under vmap the step count is batched too, so the bias corrections' and
-    # NAdam's transcendentals run in XLA's vector kernels rather than scalar ones, and the
-    # batched program may fuse (and so contract a·b + c) differently. Two float32 programs.
+    # Bit for bit where the step is + − × ÷ √ alone (RMSprop): vmap maps each element through
+    # the same correctly rounded operations. Not where it has transcendentals: under vmap the
+    # step count is batched too, so the bias corrections (and NAdam's 0.96^(tψ)) run in XLA's
+    # vector kernels, not its scalar ones, and agree to rounding only (two float32 programs).
     for i, params in enumerate(batch):
         member = jax.tree.map(lambda x: x[i], (stacked, states))
-        assert_trees_within(member, train(tx, step, params), STEPS, *cost(name))
+        if cost(name)[1]:
+            assert_trees_within(member, train(tx, step, params), STEPS, *cost(name))
+        else:
+            jax.tree.map(np.testing.assert_array_equal, member, train(tx, step, params))
 
 
 HYPERGRADIENT_STEPS = 20
