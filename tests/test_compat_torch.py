@@ -14,10 +14,10 @@ each leaf's largest error relative to its largest value
 and SSE4.2 (XLA and ATen alike): 3.2e-5 from float64 (Adam with decoupled weight
 decay, torch and adaptx alike: the rounded factor 1 − ηλ) against a bound of
 6.2e-4, and 1.4e-5 between adaptx and torch (NAdam on the loss, AVX2) against
-1.8e-3. Bit-identical where the two perform
-the same correctly rounded operations in the same order: Adamax's ``exp_inf``
-at torch's defaults always, plain SGD's params and Adagrad's ``sum`` wherever
-XLA and ATen make the same fused-multiply-add choice (BIT_IDENTICAL).
+1.8e-3 (docs/tolerances.md). Bit-identical where the two perform the same
+correctly rounded operations in the same order: Adamax's ``exp_inf`` at
+torch's defaults always, plain SGD's params and Adagrad's ``sum`` wherever XLA
+and ATen make the same fused-multiply-add choice (BIT_IDENTICAL).
 """
 import contextlib
 import inspect
@@ -173,9 +173,10 @@ def deviations(got, torch32, oracle):
             for key, (ours, want, exact) in entries.items()}
 
 
-def assert_within(name, deviations, kwargs, extra=(0, 0)):
+def assert_within(name, found, kwargs, extra=(0, 0)):
+    """Each of adaptx and torch within the bound of float64, so within twice it of each other."""
     within = bound(name, extra=extra)
-    for key, (ours, theirs, between) in deviations.items():
+    for key, (ours, theirs, between) in found.items():
         assert ours <= within, f"{key}: adaptx {ours:.3g} from float64, bound {within:.3g} ({kwargs})"
         assert theirs <= within, (
             f"{key}: torch's own float32 is {theirs:.3g} from float64, beyond the bound {within:.3g}:"
