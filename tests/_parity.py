@@ -6,6 +6,7 @@ import jax
 import numpy as np
 
 import adaptx
+from harness import relative_error
 
 STEPS = 200
 
@@ -67,20 +68,14 @@ def trajectory(key, tx: adaptx.GradientTransformation, params, grads, loss=None)
 
 
 def relative_deviation(got, want) -> float:
-    """max over leaves of max|got − want| / max|want|: each leaf's error relative to its own scale.
+    """max over leaves of harness.relative_error: each leaf's max|got − want| / max|want|.
 
     Per leaf rather than per element: a coordinate that a long path of large
     updates brought near 0 carries rounding error of the size of those
     updates, so its own relative error says nothing about the optimizer.
     """
-    worst = 0.0
-    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-        g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
-        assert g.shape == w.shape, (g.shape, w.shape)
-        scale = np.max(np.abs(w), initial=0.0)
-        error = np.max(np.abs(g - w), initial=0.0)
-        worst = max(worst, error / scale if scale else error)
-    return worst
+    return max((relative_error(g, w) for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True)),
+               default=0.0)
 
 
 def identical(got, want) -> bool:

@@ -18,6 +18,9 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E4
 import adaptx  # noqa: E402
 from adaptx import checkpoint, sharding  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import assert_trees_within, step_cost  # noqa: E402
+
 OPTIMIZERS = {
     "sgd": adaptx.sgd(0.1, momentum=0.9, nesterov=True),
     "adagrad": adaptx.adagrad(0.1),
@@ -70,7 +73,19 @@ def _apply(tx, params, state, grads):
     return adaptx.apply_updates(params, updates), state
 
 
-def assert_equal(got, want, what, bfloat16_shape=None):
+# Per optimizer, its step's (ops, transcendentals) (harness.STEP_COST): a sharded program may fuse
+# and vectorise differently from the one-device one, so two float32 programs (and the bfloat16
+# leaf's roundings), over the 3 steps train takes.
+COST = {"rmsprop": step_cost("rmsprop"), "adam": step_cost("adam"),
+        "accumulated rmsprop": (step_cost("rmsprop")[0] + 2, 0),  # the mean of 2 gradients
+        "partitioned": step_cost("adam")}
+
+
+def assert_equal(got, want, what, cost=COST["adam"], steps=3):
+    assert_trees_within(jax.device_get(got), jax.device_get(want), steps, *cost, what=what)
+
+
+def assert_kernel_matches(got, want, what, bfloat16_shape=None):
     """Within float32 rounding; leaves of ``bfloat16_shape`` (a bfloat16 param's) within bfloat16's.
 
     XLA may keep a bfloat16 intermediate (a clipped gradient) in float32
@@ -99,11 +114,11 @@ def check_state_follows_params(axis_type, names, stepped):
             result = train(OPTIMIZERS[name], params, grads)
             assert_follows(result[1], params, f"{name}: state after 3 jitted steps ")
             assert_follows(result[0], params, f"{name}: params after 3 jitted steps ")
-            assert_equal(result, references[name], f"{name}: (params, state) vs one device ")
+            assert_equal(result, references[name], f"{name}: (params, state) vs one device ", COST[name])
             if all(map(np.array_equal, jax.tree.leaves(result), jax.tree.leaves(references[name]))):
                 bitwise.append(name)
     print(f"PASS state follows params ({axis_type.name} mesh 2x4; init of {len(names)} optimizers, 3 steps of"
-          f" {len(stepped)}; bit-identical to one device: {', '.join(bitwise) or 'none'}; the rest within 1e-6)")
+          f" {len(stepped)}; bit-identical to one device: {', '.join(bitwise) or 'none'}; the rest within the float32 bound)")
 
 
 KERNEL_OPTIMIZERS = {
@@ -141,7 +156,7 @@ def check_kernel_keeps_shardings(axis_type):
             assert_follows(state, start, f"{name}: state after 3 kernel steps ")
             assert_follows(params, start, f"{name}: params after 3 kernel steps ")
             assert sharding.bytes_per_device((params, state)) == sharding.bytes_per_device(want), name
-            assert_equal((params, state), want, f"{name}: kernel vs plain path ", LAYOUT["h"][0])
+            assert_kernel_matches((params, state), want, f"{name}: kernel vs plain path ", LAYOUT["h"][0])
         try:
             adaptx.flat_state(adaptx.adam(1e-2)).init(start)
         except ValueError as error:

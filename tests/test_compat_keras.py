@@ -7,6 +7,20 @@ max|adaptx − keras| / max|keras| over that leaf (for params, the larger of
 that maximum at the start and at the end), so a coordinate that ends near
 zero is judged against the scale it was rounded at, not against its own
 cancellation.
+
+The bound is ``harness.rounding_bound`` for two float32 programs over 200
+steps of the preset (STEP_COST) and of the base optimizer's options it uses
+(EXTRA_COST). Both are compared with each other, not with a float64 oracle:
+keras' conventions include float32 roundings (β and βᵗ in float32 in the bias
+corrections) that a float64 run would not reproduce, and whose ill-conditioned
+part, 1 − βᵗ, is the same XLA operation on the same float32 numbers on both
+sides, so it does not enter their difference. Measured worst, x86-64 with XLA
+at AVX-512, AVX2 and SSE4.2: 1.3e-6 on state and 2.6e-7 on params, against
+bounds of 2.1e-4 (SGD) to 1.6e-3 (Adam with clipnorm).
+Where both sides are the same operations in the same order (SGD without decay)
+they are compared bit for bit: one compiled program holds both, so whatever
+contraction, vector width or reduction order XLA picks on a machine, it picks
+for both.
 """
 import inspect
 import os
@@ -22,6 +36,7 @@ import optax
 import pytest
 
 import adaptx
+from harness import rounding_bound, step_cost
 from adaptx._src.adam import AdamMoments, AmsgradMoments, NadamMoments
 from adaptx.compat import keras as kx
 from adaptx._src.moments import MomentState
@@ -34,7 +49,18 @@ if keras.backend.backend() != "jax":
     )
 
 STEPS = 200
-TOLERANCE = 1e-5
+# Rounded operations and transcendentals per step that the base optimizer's options add to
+# the preset's chain (harness.STEP_COST): a norm over the ≤ 13 elements of a leaf or of the
+# tree (Σg², √, ratio, product); the loss scale's division; clipvalue's clip is exact.
+EXTRA_COST = {"clipnorm": (16, 0), "global_clipnorm": (16, 0), "loss_scale_factor": (1, 0)}
+# ExponentialDecay: η·0.5^(t/20), a division, a power and a product.
+SCHEDULE_COST = (2, 1)
+
+
+def bound(preset, options=(), extra=(0, 0)):
+    """rounding_bound between two float32 programs: STEPS steps of ``preset`` with ``options``."""
+    costs = [step_cost(preset), extra] + [EXTRA_COST.get(option, (0, 0)) for option in options]
+    return rounding_bound(STEPS, sum(c[0] for c in costs), sum(c[1] for c in costs), implementations=2)
 PRESETS = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adadelta", "Adamax", "Nadam"]
 # A matrix, and nested in a list a scalar and an empty leaf (keras accepts it).
 SHAPES = {"matrix": (3, 4), "nested": [(), (0, 3)]}
@@ -215,10 +241,11 @@ def test_matches_keras(preset, drawn, fixed, exact, request):
     ours_tx = getattr(kx, preset)(**kwargs)
     keras_params, keras_vars, ours, state = run_both(keras_optimizer, ours_tx, params, grads)
 
+    within = bound(preset, kwargs)
     worst = params_deviation(ours, keras_params, params)
-    assert worst <= TOLERANCE, f"params deviate by {worst:.2e} with {kwargs}"
+    assert worst <= within, f"params deviate by {worst:.2e} > {within:.2e} with {kwargs}"
     states = state_deviations(preset, keras_optimizer, keras_vars, state)
-    assert all(d <= TOLERANCE for d in states.values()), f"state deviates: {states} with {kwargs}"
+    assert all(d <= within for d in states.values()), f"state deviates: {states} > {within:.2e} with {kwargs}"
     if exact:
         for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(keras_params)):
             np.testing.assert_array_equal(a, b)
@@ -235,7 +262,7 @@ def test_learning_rate_schedule_matches_keras(preset, request):
     keras_params, _, ours, _ = run_both(
         getattr(keras.optimizers, preset)(**kwargs), getattr(kx, preset)(**kwargs), params, grads
     )
-    assert params_deviation(ours, keras_params, params) <= TOLERANCE
+    assert params_deviation(ours, keras_params, params) <= bound(preset, kwargs, SCHEDULE_COST)
 
 
 def test_suggested_gradient_accumulation_matches_keras():
@@ -246,7 +273,8 @@ def test_suggested_gradient_accumulation_matches_keras():
     keras_params, _, ours, _ = run_both(
         keras.optimizers.Adam(**kwargs, gradient_accumulation_steps=3), tx, params, grads
     )
-    assert params_deviation(ours, keras_params, params) <= TOLERANCE
+    # the mean of 3 gradients: two sums and a division per step
+    assert params_deviation(ours, keras_params, params) <= bound("Adam", extra=(3, 0))
 
 
 def test_suggested_parameter_average_matches_keras():
@@ -282,7 +310,9 @@ def test_suggested_parameter_average_matches_keras():
     keras_vars, average = run(params, grads)
     by_id = dict(zip(map(id, keras_optimizer.variables), keras_vars))
     keras_average = [by_id[id(v)] for v in keras_optimizer._model_variables_moving_average]
-    assert max(map(deviation, jax.tree.leaves(average), keras_average, jax.tree.leaves(params))) <= TOLERANCE
+    # the average (1 − m)·θ + m·ā: three operations per step on top of Adam's θ
+    worst = max(map(deviation, jax.tree.leaves(average), keras_average, jax.tree.leaves(params)))
+    assert worst <= bound("Adam", extra=(3, 0))
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -3,14 +3,23 @@
 Both sides get the same precomputed gradients (not loss-dependent, so rounding
 differences do not feed back), 200 steps, over a pytree with a scalar and an
 empty leaf. Each case runs torch's defaults and two random hyperparameter
-draws through one compiled scan; params and the comparable state must agree to
-1e-5, each leaf's largest error relative to its largest value
-(``_parity.relative_deviation``). Measured: at most 2.1e-6 on params and
-1.4e-6 on state. Plain SGD is bit-identical, and so are Adagrad's ``sum`` and
-Adamax's ``exp_inf`` at torch's defaults (BIT_IDENTICAL). Elsewhere torch's
-lerp, addcdiv and double-precision scalars round differently from adaptx's
-blocks, so exact equality is not expected.
+draws through one compiled scan. The oracle is torch itself in float64 (same
+code, same double-precision scalars, step counts and ∏μ in float64): adaptx's
+params and comparable state must be within ``harness.rounding_bound`` of it for
+200 steps of the algorithm (STEP_COST), and so must torch's own float32 run —
+the bound is what float32 promises, not what adaptx happens to give, and torch
+checks it — so adaptx and torch differ by at most twice that. Deviations are
+each leaf's largest error relative to its largest value
+(``_parity.relative_deviation``). Measured worst, on x86-64 with AVX-512, AVX2
+and SSE4.2 (XLA and ATen alike): 3.2e-5 from float64 (Adam with decoupled weight
+decay, torch and adaptx alike: the rounded factor 1 − ηλ) against a bound of
+6.2e-4, and 1.4e-5 between adaptx and torch (NAdam on the loss, AVX2) against
+1.8e-3 (docs/tolerances.md). Bit-identical where the two perform the same
+correctly rounded operations in the same order: Adamax's ``exp_inf`` at
+torch's defaults always, plain SGD's params and Adagrad's ``sum`` wherever XLA
+and ATen make the same fused-multiply-add choice (BIT_IDENTICAL).
 """
+import contextlib
 import inspect
 
 import jax
@@ -24,10 +33,19 @@ from adaptx._src.adam import AdamMoments, AmsgradMoments, NadamMoments
 from adaptx.compat import torch as compat
 from adaptx._src.moments import DampedMomentState, MomentState
 from adaptx._src.scaling import AccumulatorState, AdadeltaState, RmsState
-from _parity import (TRACES, identical, log_uniform, random_grads, random_params,
+from _parity import (TRACES, STEPS, identical, log_uniform, random_grads, random_params,
                      relative_deviation, trajectory, uniform)
+from harness import rounding_bound, step_cost
 
-TOLERANCE = 1e-5
+# The gradient of the loss below, computed by each library's autodiff at every step:
+# h·(θ − c) 2, the derivative of log cosh θ as sinh θ · (1/cosh θ) 2 and 2 transcendentals, + 1.
+LOSS_GRADIENT = (5, 2)
+
+
+def bound(name, implementations=1, extra=(0, 0), steps=STEPS):
+    """rounding_bound for ``steps`` steps of torch's ``name`` (STEP_COST), plus ``extra`` per step."""
+    ops, transcendentals = step_cost(name)
+    return rounding_bound(steps, ops + extra[0], transcendentals + extra[1], implementations)
 
 LR, WD, EPS = log_uniform(1e-4, 1e-1), log_uniform(1e-4, 1e-1), log_uniform(1e-10, 1e-3)
 MOMENTUM, DAMPENING = uniform(0.1, 0.99), uniform(0.1, 0.9)
@@ -87,6 +105,24 @@ def _draws(name, options, space, seed):
         yield {**options, **{k: sample(rng) for k, sample in space.items()}}
 
 
+@contextlib.contextmanager
+def torch_default_dtype(dtype):
+    """float64 as torch's default makes it keep its step counts and NAdam's ∏μ in float64 too."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(default)
+
+
+def torch_float64_trajectory(name, kwargs, params, grads, loss=None):
+    """The oracle: torch_trajectory in float64 from the same (float32) params and gradients."""
+    as64 = lambda tree: jax.tree.map(lambda x: np.asarray(x, np.float64), tree)  # noqa: E731
+    with torch_default_dtype(torch.float64):
+        return torch_trajectory(name, kwargs, as64(params), as64(grads), loss)
+
+
 def torch_trajectory(name, kwargs, params, grads, loss=None):
     """torch.optim's params and state after the same steps; the single-tensor kernels (foreach=False)."""
     leaves, treedef = jax.tree.flatten(params)
@@ -125,50 +161,94 @@ def problem():
     return params, random_grads(rng, params)
 
 
-def compare(name, options, space, seed, params, grads):
-    """Deviations of params and of each comparable state entry, and whether each draw was bit-identical."""
-    report = []
-    for kwargs in _draws(name, options, space, seed):
-        tx = getattr(compat, name)(**kwargs)
-        got_params, got_state = trajectory((name, tuple(sorted(options))), tx, params, grads)
-        want_params, want_state = torch_trajectory(name, kwargs, params, grads)
-        entries = {"params": (got_params, want_params)}
-        for key, want in want_state.items():
-            got = adaptx_state(got_state, key)
-            assert got is not None, f"adaptx keeps no counterpart of torch's {key}"
-            entries[key] = (got, want)
-        report.append((kwargs, {k: relative_deviation(*pair) for k, pair in entries.items()},
-                       identical(got_params, want_params)))
-    return report
+def deviations(got, torch32, oracle):
+    """{entry: (adaptx vs float64, torch vs float64, adaptx vs torch)} for params and each state entry."""
+    (got_params, got_state), (want_params, want_state), (exact_params, exact_state) = got, torch32, oracle
+    entries = {"params": (got_params, want_params, exact_params)}
+    for key, want in want_state.items():
+        ours = adaptx_state(got_state, key)
+        assert ours is not None, f"adaptx keeps no counterpart of torch's {key}"
+        entries[key] = (ours, want, exact_state[key])
+    return {key: (relative_deviation(ours, exact), relative_deviation(want, exact), relative_deviation(ours, want))
+            for key, (ours, want, exact) in entries.items()}
+
+
+def assert_within(name, found, kwargs, extra=(0, 0)):
+    """Each of adaptx and torch within the bound of float64, so within twice it of each other."""
+    within = bound(name, extra=extra)
+    for key, (ours, theirs, between) in found.items():
+        assert ours <= within, f"{key}: adaptx {ours:.3g} from float64, bound {within:.3g} ({kwargs})"
+        assert theirs <= within, (
+            f"{key}: torch's own float32 is {theirs:.3g} from float64, beyond the bound {within:.3g}:"
+            f" the bound, not adaptx, is wrong ({kwargs})")
+        assert between <= 2 * within, f"{key}: adaptx {between:.3g} from torch, bound {2 * within:.3g} ({kwargs})"
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_matches_torch_on_fixed_gradients(case, problem):
     name, options, space = case
-    report = compare(name, options, space, CASES.index(case), *problem)
-    for kwargs, deviations, _ in report:
-        assert max(deviations.values()) <= TOLERANCE, (kwargs, deviations)
+    params, grads = problem
+    for kwargs in _draws(name, options, space, CASES.index(case)):
+        tx = getattr(compat, name)(**kwargs)
+        got = trajectory((name, tuple(sorted(options))), tx, params, grads)
+        assert_within(name, deviations(got, torch_trajectory(name, kwargs, params, grads),
+                                       torch_float64_trajectory(name, kwargs, params, grads)), kwargs)
     # Three sets of numbers, one trace: the hyperparameters are traced state.
     assert TRACES[(name, tuple(sorted(options)))] == 1
 
 
-# Bit-identical on this x86-64 CPU (XLA and torch both fuse a·b + c into an FMA
-# where one is written): plain SGD's params, and the state that sees the same
-# operations in the same order at torch's defaults.
-BIT_IDENTICAL = {"SGD": ["params"], "Adagrad": ["sum"], "Adamax": ["exp_inf"]}
+# The entries that see the same correctly rounded operations in the same order in both
+# libraries, at torch's defaults: (what to compare, its float32 operations per step).
+# Adamax's exp_inf = max(β₂·u, |g| + ε) is exact on every IEEE machine: its product and
+# its sum feed a max, never each other, so no compiler can fuse them. SGD's θ + (−η)·g
+# and Adagrad's G + g·g are one fused multiply-add or a rounded product and a sum, as the
+# compiler chooses (XLA fuses where the ISA has FMA; ATen's AVX2 and AVX-512 kernels do,
+# its default ones do not): exact wherever XLA and ATen choose alike, which FMA_PROBE
+# tells; elsewhere within the bound of those operations.
+BIT_IDENTICAL = {"SGD": ("params", 2), "Adagrad": ("sum", 2), "Adamax": ("exp_inf", None)}
+
+# X² = 1 + 2⁻¹¹ + 2⁻²⁴ is no float32: rounded by itself it ties to 1 + 2⁻¹¹ (the even
+# neighbour), and a sum it enters shows whether it was: (kwargs, start, gradients).
+_X = 1 + 2.0 ** -12
+FMA_PROBE = {
+    "SGD": ({"lr": _X}, -1.0, [-_X]),  # θ − η·g = −1 + X²: 2⁻¹¹ + 2⁻²⁴ fused, 2⁻¹¹ if not
+    "Adagrad": ({}, 0.0, [2.0 ** -12, _X]),  # G = 2⁻²⁴, then G + X²: 1 + 2⁻¹¹ + 2⁻²³ fused, 1 + 2⁻¹¹ if not
+}
+
+
+def ours(key, result):
+    """``key`` ("params" or a torch state name) of adaptx's (params, state)."""
+    params, state = result
+    return params if key == "params" else adaptx_state(state, key)
+
+
+def theirs(key, result):
+    """``key`` of torch_trajectory's (params, state)."""
+    params, state = result
+    return params if key == "params" else state[key]
+
+
+def fuse_alike(name, params):
+    """Whether adaptx (XLA) and torch (ATen) fuse ``name``'s multiply-add alike at every element of ``params``."""
+    kwargs, start, rows = FMA_PROBE[name]
+    key = BIT_IDENTICAL[name][0]
+    probe = jax.tree.map(lambda p: np.full(np.shape(p), start, np.float32), params)
+    grads = jax.tree.map(lambda p: np.stack([np.full(np.shape(p), g, np.float32) for g in rows]), params)
+    return identical(ours(key, trajectory((name, "fma-probe"), getattr(compat, name)(**kwargs), probe, grads)),
+                     theirs(key, torch_trajectory(name, kwargs, probe, grads)))
 
 
 @pytest.mark.parametrize("name", sorted(BIT_IDENTICAL))
 def test_bit_identical_where_the_operation_order_is_torchs(name, problem):
     params, grads = problem
-    tx = getattr(compat, name)()
-    got_params, got_state = trajectory((name, ()), tx, params, grads)
-    want_params, want_state = torch_trajectory(name, {}, params, grads)
-    for key in BIT_IDENTICAL[name]:
-        if key == "params":
-            assert identical(got_params, want_params)
-        else:
-            assert identical(adaptx_state(got_state, key), want_state[key]), key
+    key, ops = BIT_IDENTICAL[name]
+    got = ours(key, trajectory((name, ()), getattr(compat, name)(), params, grads))
+    want = theirs(key, torch_trajectory(name, {}, params, grads))
+    if ops is None or fuse_alike(name, params):
+        assert identical(got, want), key
+    else:
+        gap, within = relative_deviation(got, want), rounding_bound(STEPS, ops, implementations=2)
+        assert gap <= within, f"{key}: XLA and ATen fuse differently here, and differ by {gap:.3g} > {within:.3g}"
 
 
 def _loss(tree, curvature, centre, log, cosh):
@@ -189,12 +269,12 @@ LOSS_CASES = {
     "Adamax": {"lr": 1e-2, "weight_decay": 1e-3},
     "NAdam": {"lr": 1e-2, "weight_decay": 1e-2, "decoupled_weight_decay": True},
 }
-LOSS_TOLERANCE = 1e-5
 
 
 @pytest.mark.parametrize("name", sorted(LOSS_CASES))
 def test_matches_torch_on_a_loss(name, problem):
-    """Gradients from each library's autodiff of the same convex loss, fed back for 200 steps."""
+    """Gradients from each library's autodiff of the same convex loss, fed back for 200 steps;
+    the oracle is torch in float64 on the float64 loss of the same numbers."""
     params, grads = problem
     rng = np.random.default_rng(7)
     leaves = jax.tree.leaves(params)
@@ -202,11 +282,17 @@ def test_matches_torch_on_a_loss(name, problem):
     centre = [rng.standard_normal(np.shape(p)).astype(np.float32) for p in leaves]
     kwargs = LOSS_CASES[name]
     jax_loss = lambda tree: _loss(tree, curvature, centre, jnp.log, jnp.cosh)
-    torch_loss = lambda tree: _loss(tree, [torch.tensor(h) for h in curvature],
-                                    [torch.tensor(c) for c in centre], torch.log, torch.cosh)
+
+    def torch_loss(dtype):
+        return lambda tree: _loss(tree, [torch.tensor(h, dtype=dtype) for h in curvature],
+                                  [torch.tensor(c, dtype=dtype) for c in centre], torch.log, torch.cosh)
+
     got, _ = trajectory((name, "loss"), getattr(compat, name)(**kwargs), params, grads, loss=jax_loss)
-    want, _ = torch_trajectory(name, kwargs, params, grads, loss=torch_loss)
-    assert relative_deviation(got, want) <= LOSS_TOLERANCE
+    want, _ = torch_trajectory(name, kwargs, params, grads, loss=torch_loss(torch.float32))
+    exact, _ = torch_float64_trajectory(name, kwargs, params, grads, loss=torch_loss(torch.float64))
+    deviation = {"params": (relative_deviation(got, exact), relative_deviation(want, exact),
+                            relative_deviation(got, want))}
+    assert_within(name, deviation, kwargs, extra=LOSS_GRADIENT)
 
 
 @pytest.mark.parametrize("name", compat.__all__)

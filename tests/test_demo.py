@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from adaptx.__main__ import main
+from harness import rounding_bound, step_cost
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = [
@@ -69,10 +70,19 @@ def test_rmsprop_table_matches_seed_003(demo):
     expected = [list(row) for row in re.findall(r"Epoch (\d+): x = ([\d.]+), y = ([\d.]+), loss = ([\d.]+)", SEED_003)]
     assert len(expected) == 10
     saved = (out / "rmsprop_table.md").read_text()
-    assert _table_rows(saved) == expected
+    rows = _table_rows(saved)
+    assert [row[0] for row in rows] == [row[0] for row in expected]
+    # Both are rounded to 4 decimals (±0.5e-4 each) from values float32 puts within 10 steps'
+    # rounding_bound of the exact ones (test_seeds: the strings need not be equal).
+    ours, seed = (np.array([[float(v) for v in row[1:]] for row in table]) for table in (rows, expected))
+    slack = 1e-4 * (1 + 1e-9) + rounding_bound(10, step_cost("rmsprop")[0] + 5) * np.max(np.abs(seed), axis=0)
+    assert np.all(np.abs(ours - seed) <= slack), (np.abs(ours - seed), slack)
     assert saved.strip() in printed
-    assert saved.strip() in (out / "summary.md").read_text()
-    assert "Every entry equals the seed's printout to 4 decimals." in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert saved.strip() in summary
+    verdict = ("Every entry equals the seed's printout to 4 decimals." if rows == expected
+               else "The seed's printout differs by up to")
+    assert verdict in summary
 
 
 def test_adagrad_effective_learning_rate_shrinks_and_rmsprops_grows_back():

@@ -10,7 +10,7 @@ import pytest
 
 import adaptx
 import reference as ref
-from harness import gradient_sequence, random_params, trajectory, worst_error
+from harness import gradient_sequence, random_params, rounding_bound, step_cost, trajectory, worst_error
 
 # name -> (factory taking the dtype options, the options it has, float64 reference).
 OPTIMIZERS = {
@@ -94,7 +94,8 @@ def test_apply_updates_keeps_each_param_dtype():
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_float64_params_stay_float64_under_x64(name):
-    """float64 throughout, to float64 accuracy: the float64 reference agrees to 1e-12 (measured ≤ 1e-14)."""
+    """float64 throughout, to float64 accuracy: the float64 reference agrees within rounding_bound of
+    two float64 programs over 20 steps, 1e-13 to 2e-13 (measured ≤ 1e-14)."""
     make, _, reference = OPTIMIZERS[name]
     with jax.enable_x64(True):
         rng = np.random.default_rng(0)
@@ -106,4 +107,5 @@ def test_float64_params_stay_float64_under_x64(name):
         updates, seen = trajectory(tx)(state, params, grads, 20)
     assert floating_dtypes(updates) == {jnp.dtype(jnp.float64)}
     error, step, leaf = worst_error(updates, seen, grads, reference(jax.tree.leaves(params)).step)
-    assert error <= 1e-12, f"relative error {error:.3g} at step {step}, leaf {leaf}"
+    bound = rounding_bound(20, *step_cost(name), implementations=2, dtype=np.float64)
+    assert error <= bound, f"relative error {error:.3g} > {bound:.3g} at step {step}, leaf {leaf}"

@@ -6,6 +6,7 @@ import pytest
 
 import adaptx
 from adaptx._src.packing import pack, unpack
+from harness import assert_trees_within, step_cost
 
 
 def mixed_tree():
@@ -52,20 +53,24 @@ def test_kernel_on_flat_state_matches_per_leaf_state(make):
     tx = make()
     want, _ = run(tx, one_pass)
     got, state = run(adaptx.flat_state(tx), one_pass)
+    # Bit for bit on any IEEE machine: the kernel is built with -ffp-contract=off and only
+    # + − × ÷ √, so each element sees the same correctly rounded operations in either layout.
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_array_equal(g, w)
     # one buffer per dtype and moment, however many leaves
     assert max(x.ndim for x in jax.tree.leaves(state)) == 1
 
 
-@pytest.mark.parametrize("make", [lambda: adaptx.adam(1e-2), lambda: adaptx.sgd(0.1, momentum=0.9)], ids=["adam", "sgd"])
-def test_update_matches_wrapped_update(make):
+@pytest.mark.parametrize("make, name", [(lambda: adaptx.adam(1e-2), "adam"), (lambda: adaptx.sgd(0.1, momentum=0.9), "sgd")],
+                         ids=["adam", "sgd"])
+def test_update_matches_wrapped_update(make, name):
     tx = make()
     want, _ = run(tx, two_step)
     for step_fn in (two_step, one_pass):  # sgd has no kernel: update_and_apply takes the two steps
         got, _ = run(adaptx.flat_state(tx), step_fn)
-        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-            np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), rtol=1e-6, atol=1e-6)
+        # other programs (XLA's fusion of packed buffers, or the kernel): two float32 programs
+        # over 4 steps, plus the bfloat16 leaf's roundings
+        assert_trees_within(got, want, 4, *step_cost(name), implementations=2)
 
 
 def test_hyperparams_are_settable():

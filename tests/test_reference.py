@@ -7,11 +7,14 @@ to float32 so both sides start from identical numbers (what is measured is
 adaptx's float32 arithmetic, not the rounding of its inputs).
 
 Pass mark: for every leaf, over its 100 steps of updates,
-max|adaptx − reference| / max|reference| ≤ 1e-6 (``harness.relative_error``
-and ``harness.worst_error`` say why it is normalised that way; the reference
-is float64 so that the gap is adaptx's own error, see ``reference``). The
-reference steps on the same params adaptx saw, so an error cannot hide in (or
-be blamed on) the params' own float32 rounding. Measured worst: 2.8e-7.
+max|adaptx − reference| / max|reference| within ``harness.rounding_bound`` for
+one float32 program over 100 steps of the case's algorithm (its STEP_COST,
+``bound`` below); ``harness.relative_error`` and ``harness.worst_error`` say
+why it is normalised that way; the reference is float64 so that the gap is
+adaptx's own error, see ``reference``. The reference steps on the same params
+adaptx saw, so an error cannot hide in (or be blamed on) the params' own
+float32 rounding. Measured worst (x86-64, XLA at AVX-512, AVX2 and SSE4.2):
+docs/tolerances.md.
 
 Each optimizer runs twice on one compilation: with hyperparameters given at
 construction, then with a second draw set through ``set_hyperparams``.
@@ -25,10 +28,10 @@ import pytest
 
 import adaptx
 import reference as ref
-from harness import gradient_sequence, log_uniform, random_params, relative_error, trajectory, uniform, worst_error
+from harness import (gradient_sequence, log_uniform, random_params, relative_error, rounding_bound, step_cost,
+                     trajectory, uniform, worst_error)
 
 STEPS = 100
-TOLERANCE = 1e-6
 
 # Valid ranges narrowed to where each hyperparameter is used in practice. The
 # floor of 0.8 on RMSProp's decay keeps the centered variance v − m² away from
@@ -127,6 +130,15 @@ BLOCKS = [
 ]
 
 
+def bound(case):
+    """rounding_bound of one float32 program over STEPS steps of the case (STEP_COST by its id),
+    with SCHEDULED's η_t = peak/(1 + t/8) (a sum and a division: t/8 is exact) where it has one."""
+    ops, transcendentals = step_cost(case.id)
+    if "learning_rate" in case.samplers and not case.id.startswith("scale_by_learning_rate"):
+        ops += 2
+    return rounding_bound(STEPS, ops, transcendentals)
+
+
 def problem(case):
     """Params, gradients and a random generator of their own for each case (seeded by its id)."""
     rng = np.random.default_rng(zlib.crc32(case.id.encode()))
@@ -138,8 +150,8 @@ def assert_matches_reference(case, run, state, params, grads, values):
     updates, seen = run(state, params, grads, STEPS)
     model = case.reference(jax.tree.leaves(params), **values, **case.options)
     error, step, leaf = worst_error(updates, seen, grads, model.direction if case.direction else model.step)
-    assert error <= TOLERANCE, (
-        f"{case.id} with {values}: relative error {error:.3g} at step {step}, leaf {leaf}"
+    assert error <= bound(case), (
+        f"{case.id} with {values}: relative error {error:.3g} > {bound(case):.3g} at step {step}, leaf {leaf}"
     )
 
 
@@ -181,7 +193,8 @@ OPTION_OFF = {"nesterov": False, "centered": False, "eps_in_sqrt": False, "amsgr
 
 @pytest.mark.parametrize("case", [case for case in OPTIMIZERS + BLOCKS if case.options], ids=lambda case: case.id)
 def test_each_option_changes_the_numbers(case):
-    """Each option moves the reference 100× beyond the tolerance on its case's draw, so the comparison tests it."""
+    """Each option moves the reference by more than twice the case's bound on its case's draw, so the
+    comparison tests it: adaptx getting the option wrong would be off by more than gap − bound > bound."""
     rng, params, grads = problem(case)
     values, leaves, grads = case.draw(rng), jax.tree.leaves(params), jax.tree.leaves(grads)
     for option in case.options:
@@ -192,4 +205,4 @@ def test_each_option_changes_the_numbers(case):
             runs.append([step([g[t] for g in grads], leaves) for t in range(STEPS)])
         gaps = [relative_error(np.stack([r[i] for r in runs[0]]), np.stack([r[i] for r in runs[1]]))
                 for i in range(len(leaves))]
-        assert max(gaps) > 100 * TOLERANCE, f"{option} barely matters: {max(gaps):.2g}"
+        assert max(gaps) > 2 * bound(case), f"{option} barely matters: {max(gaps):.2g} against {bound(case):.2g}"

@@ -2,7 +2,10 @@
 
 Seed 003 prints a 10-step RMSprop table (lr 0.1 on x² + 10y² from (5, 5),
 decay 0.99, ε = 1e-8 outside the root); we print the same lines to 4
-decimals. The table is written out below so the test runs anywhere, and is
+decimals, each number within the printout's half unit in the 4th decimal plus
+what float32 promises over 10 steps (``harness.rounding_bound``). Equal
+strings are not a promise: the seed's exact x at epoch 8 is 1.5229520, 1.3e-6
+relative from a rounding boundary, closer than the float32 bound. The table is written out below so the test runs anywhere, and is
 also read from the seed file itself when the seeds folder sits beside the
 repository (``../shared/seeds``), which checks the copy below against it.
 
@@ -19,7 +22,7 @@ import numpy as np
 import pytest
 
 import adaptx
-from harness import relative_error
+from harness import relative_error, rounding_bound, step_cost
 
 SEEDS = Path(__file__).resolve().parents[1].parent / "shared" / "seeds"
 
@@ -49,8 +52,8 @@ if list(SEEDS.glob("003_*.txt")):
     TABLE_SOURCES["seed-file"] = seed_003_table_from_file
 
 
-def rmsprop_table():
-    """Seed 003's loop: the loss is printed before the step, x and y after it."""
+def rmsprop_rows():
+    """Seed 003's loop: (x, y) after each step and the loss before it."""
     tx = adaptx.rmsprop(0.1, decay=0.99, eps=1e-8)
 
     def loss(p):
@@ -63,18 +66,37 @@ def rmsprop_table():
         return adaptx.apply_updates(params, updates), state, value
 
     params = {"x": jnp.array([5.0]), "y": jnp.array([5.0])}
-    state, lines = tx.init(params), []
-    for epoch in range(10):
+    state, rows = tx.init(params), []
+    for _ in range(10):
         params, state, value = step(params, state)
-        lines.append(f"Epoch {epoch + 1}: x = {params['x'][0]:.4f}, y = {params['y'][0]:.4f}, loss = {value:.4f}")
-    return lines
+        rows.append((float(params["x"][0]), float(params["y"][0]), float(value)))
+    return np.array(rows)
+
+
+def rmsprop_table():
+    return [f"Epoch {epoch}: x = {x:.4f}, y = {y:.4f}, loss = {loss:.4f}"
+            for epoch, (x, y, loss) in enumerate(rmsprop_rows(), start=1)]
+
+
+def table_numbers(lines):
+    return np.array([[float(v) for v in re.findall(r"= (-?[\d.]+)", line)] for line in lines])
+
+
+# 10 steps of RMSprop, its gradient (2x, 20y: 2 operations) and the loss x² + 10y² (3).
+SEED_003_BOUND = rounding_bound(10, step_cost("rmsprop")[0] + 5)
 
 
 @pytest.mark.parametrize("source", sorted(TABLE_SOURCES))
 def test_seed_003_rmsprop_table(source):
     expected = TABLE_SOURCES[source]()
     assert len(expected) == 10
-    assert rmsprop_table() == expected
+    lines = rmsprop_table()
+    assert all(TABLE_LINE.fullmatch(line) for line in lines), lines
+    assert [line.split(":")[0] for line in lines] == [line.split(":")[0] for line in expected]
+    printed, ours = table_numbers(expected), rmsprop_rows()
+    # the printout is the exact value to ±0.5e-4; ours is float32's, relative to each column's scale
+    slack = 0.5e-4 * (1 + 1e-9) + SEED_003_BOUND * np.max(np.abs(printed), axis=0)
+    assert np.all(np.abs(ours - printed) <= slack), (np.abs(ours - printed), slack)
 
 
 def seed_000_trajectory(rule, steps=50, x0=5.0, lr=1.0, gamma=0.9, epsilon=1e-8):
@@ -110,17 +132,23 @@ OPTIMIZERS_000 = {
 
 @pytest.mark.parametrize("rule", sorted(OPTIMIZERS_000))
 def test_seed_000_trajectories_float32(rule):
-    """float32 follows the float64 seed to 1e-6 of the starting point's scale (measured: ~3e-8)."""
+    """float32 follows the float64 seed within rounding_bound over 50 steps, relative to the
+    starting point's scale (measured: 3e-8, against 5.4e-5 for RMSProp)."""
     xs, effective = adaptx_trajectory(OPTIMIZERS_000[rule](), jnp.float32)
-    assert relative_error(xs, seed_000_trajectory(rule)) <= 1e-6
+    assert relative_error(xs, seed_000_trajectory(rule)) <= rounding_bound(50, *step_cost(rule))
     # The seed's point: Adagrad's effective learning rate only shrinks, RMSProp's recovers.
-    steps_up = np.count_nonzero(np.diff(effective) > 0)
+    # Each rate |u/g| is a few roundings (√, + ε, ÷, ·η, ÷ g) off lr/(√G + ε), so a rise
+    # within those of two rates is rounding, not recovery (Adagrad's fall by ≥ 1.3e-6).
+    wobble = rounding_bound(1, 5, implementations=2)
+    steps_up = np.count_nonzero(np.diff(effective) > wobble * effective[:-1])
     assert steps_up == 0 if rule == "adagrad" else steps_up > 10
 
 
 @pytest.mark.parametrize("rule", sorted(OPTIMIZERS_000))
 def test_seed_000_trajectories_float64(rule):
-    """Under jax_enable_x64 adaptx computes what the seed's float64 NumPy code does, to rounding."""
+    """Under jax_enable_x64 adaptx computes what the seed's float64 NumPy code does, to rounding:
+    rounding_bound of two float64 programs over 50 steps (measured: 9e-17, against 2e-13)."""
     with jax.enable_x64(True):
         xs, _ = adaptx_trajectory(OPTIMIZERS_000[rule](), jnp.float64)
-    assert relative_error(xs, seed_000_trajectory(rule)) <= 1e-12
+    bound = rounding_bound(50, *step_cost(rule), implementations=2, dtype=np.float64)
+    assert relative_error(xs, seed_000_trajectory(rule)) <= bound

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import adaptx
-from harness import relative_error
+from harness import assert_trees_within, step_cost
 
 STEPS = 3
 
@@ -34,6 +34,12 @@ def loss(params):
     return sum(0.5 * jnp.sum(a * p * p) for a, p in zip(jax.tree.leaves(CURVATURE), jax.tree.leaves(params)))
 
 
+def cost(name):
+    """One step of ``name`` and the quadratic's gradient a·θ (STEP_COST)."""
+    ops, transcendentals = step_cost(name)
+    return ops + 1, transcendentals
+
+
 def train_step(tx, params, state):
     updates, state = tx.update(jax.grad(loss)(params), state, params)
     return adaptx.apply_updates(params, updates), state
@@ -52,9 +58,9 @@ def test_jit_equals_eager(name):
     step = functools.partial(train_step, tx)
     eager, jitted = train(tx, step), train(tx, jax.jit(step))
     # XLA fuses the jitted step and may round differently from op-by-op eager execution
-    # (e.g. one fused multiply-add for two roundings): equal to float32 precision, leaf by leaf.
-    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
-        assert relative_error(a, b) <= 1e-6
+    # (e.g. one fused multiply-add for two roundings): two float32 programs over STEPS steps,
+    # the quadratic's gradient a·θ one more rounding per step.
+    assert_trees_within(jitted, eager, STEPS, *cost(name))
 
 
 @pytest.mark.parametrize("name", ["adam-amsgrad", "rmsprop-centered-momentum", "nadam"])
@@ -67,9 +73,16 @@ def test_vmap_over_params_equals_each_member(name):
     for _ in range(STEPS):
         stacked, states = swept(stacked, states)
     step = jax.jit(functools.partial(train_step, tx))
+    # Bit for bit where the step is + − × ÷ √ alone (RMSprop): vmap maps each element through
+    # the same correctly rounded operations. Not where it has transcendentals: under vmap the
+    # step count is batched too, so the bias corrections (and NAdam's 0.96^(tψ)) run in XLA's
+    # vector kernels, not its scalar ones, and agree to rounding only (two float32 programs).
     for i, params in enumerate(batch):
         member = jax.tree.map(lambda x: x[i], (stacked, states))
-        jax.tree.map(np.testing.assert_array_equal, member, train(tx, step, params))
+        if cost(name)[1]:
+            assert_trees_within(member, train(tx, step, params), STEPS, *cost(name))
+        else:
+            jax.tree.map(np.testing.assert_array_equal, member, train(tx, step, params))
 
 
 HYPERGRADIENT_STEPS = 20
