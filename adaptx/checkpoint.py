@@ -177,8 +177,12 @@ def _checksums_jit(leaves):
     return [_checksum(x) for x in leaves]
 
 
-def _checksums(tree: Any) -> dict:
-    """``{dotted path: 16 hex digits}``; a collective under ``jax.distributed``, so every process calls it."""
+def checksums(tree: Any) -> dict:
+    """``{dotted path: 16 hex digits}`` per array of ``tree``, the same on any sharding and process count.
+
+    The checksums :func:`save` records and :func:`restore` checks. Under
+    ``jax.distributed`` it is a collective: every process calls it.
+    """
     named = _by_name(tree)
     try:
         sums = _checksums_jit(list(named.values()))
@@ -290,7 +294,7 @@ def save(directory: str, params: Any, opt_state: Any, *, overwrite: bool = False
         "processes": jax.process_count(),
         "optimizer": _identity(opt_state, "opt_state"),
         "arrays": {name: {"dtype": str(jnp.dtype(leaf.dtype)), "shape": list(np.shape(leaf)), "checksum": checksum}
-                   for (name, leaf), checksum in zip(_by_name(tree).items(), _checksums(tree).values())},
+                   for (name, leaf), checksum in zip(_by_name(tree).items(), checksums(tree).values())},
     }
     new = directory + _NEW
     with contextlib.closing(ocp.StandardCheckpointer()) as checkpointer:
@@ -364,7 +368,7 @@ def restore(
             restored = checkpointer.restore(path, as_saved)
         except Exception as error:  # tensorstore's and orbax's many kinds
             raise ValueError(f"{where} could not be read ({type(error).__name__}: {error}); it is damaged") from error
-    for name, checksum in _checksums(restored).items():
+    for name, checksum in checksums(restored).items():
         if checksum != manifest["arrays"][name]["checksum"]:
             raise ValueError(f"{where}: {name} does not match the checksum saved with it; the file holding it is"
                              " corrupt (restore an earlier checkpoint)")
