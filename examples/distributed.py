@@ -129,7 +129,7 @@ def worker(args) -> None:
         params = put(host_params, param_sharding)
         state = jax.jit(tx.init, out_shardings=state_sharding)(params)
         jitted = jax.jit(step, out_shardings=(param_sharding, state_sharding, replicated))
-        first = 0
+        first, loss = 0, None
         folder = args.checkpoint and os.path.join(os.path.abspath(args.checkpoint), layout)
         if folder and os.path.isdir(folder) and (found := checkpoint.latest(folder)):
             started = time.perf_counter()
@@ -149,7 +149,8 @@ def worker(args) -> None:
         per_process = multihost_utils.process_allgather(np.int64(held))
         total = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state_shapes))
         finals[layout] = multihost_utils.process_allgather(params, tiled=True)
-        say(f"{layout}: final loss {float(np.asarray(loss.addressable_data(0))):.6f}, params"
+        loss = "(no step left)" if loss is None else f"{float(np.asarray(loss.addressable_data(0))):.6f}"
+        say(f"{layout}: final loss {loss}, params"
             f" {digest(checkpoint.checksums(params))}; optimizer state held per process"
             f" ({jax.local_device_count()} devices): {', '.join(f'{int(b):,}' for b in per_process)} bytes"
             f" (one copy: {total:,})")
