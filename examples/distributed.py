@@ -15,8 +15,9 @@ Process 0 then runs the same steps in one process on one device and prints,
 per layout, the largest difference of the final params from that run (also
 in ulps of each array's largest value: XLA sums the per-device gradients in
 another order, and Adam's normalisation carries the rounding on) and the
-optimizer state each process holds. The layouts agree with each other bit
-for bit (their params digests, sharding-independent checksums, are equal). With ``--checkpoint DIR`` every step is saved to
+optimizer state each process holds. Each layout's params digest (of
+sharding-independent checksums) is printed: ZeRO-1 and FSDP run the same
+arithmetic and agree bit for bit; data parallel may round differently. With ``--checkpoint DIR`` every step is saved to
 ``DIR/<layout>/step_<n>`` (each process writes its shards) and a run resumes
 from the newest complete checkpoint there, on any process count.
 """
