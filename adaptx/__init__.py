@@ -5,7 +5,7 @@ Public submodules: ``adaptx.compat.torch``, ``adaptx.compat.keras``,
 ``adaptx.checkpoint``, ``adaptx.kernels``, ``adaptx.sharding`` and ``adaptx.testing``.
 """
 from adaptx._src.accumulate import AccumulateState, accumulate_gradients
-from adaptx._src.adam import ScaleByAdamState, ScaleByAmsgradState, ScaleByNadamState, scale_by_adam, scale_by_adamax, scale_by_nadam
+from adaptx._src.adam import ScaleByAdamState, ScaleByAdamaxState, ScaleByAmsgradState, ScaleByNadamState, scale_by_adam, scale_by_adamax, scale_by_nadam
 from adaptx._src.aliases import adadelta, adagrad, adam, adamax, adamw, nadam, rmsprop, sgd
 from adaptx._src.base import EmptyState, FusedTransformation, GradientTransformation, apply_updates, chain, identity
 from adaptx._src.flat import flat_state
@@ -35,7 +35,7 @@ __all__ = [
     # blocks
     "accumulate_squares", "scale_by_rms", "scale_by_adadelta",
     "ema", "trace", "bias_correction", "Rate",
-    "scale_by_adam", "scale_by_adamax", "scale_by_nadam", "ScaleByAdamState", "ScaleByAmsgradState", "ScaleByNadamState",
+    "scale_by_adam", "scale_by_adamax", "scale_by_nadam", "ScaleByAdamState", "ScaleByAdamaxState", "ScaleByAmsgradState", "ScaleByNadamState",
     "scale_by_learning_rate", "add_decayed_weights", "clip_by_global_norm",
     "clip_by_norm", "clip_by_value", "unscale_gradients", "scale", "scale_by_inverse_time_decay",
     # hyperparameters as state

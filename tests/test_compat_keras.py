@@ -37,7 +37,7 @@ import pytest
 
 import adaptx
 from harness import rounding_bound, step_cost
-from adaptx._src.adam import AdamMoments, AmsgradMoments, NadamMoments
+from adaptx._src.adam import AdamaxMoments, AdamMoments, AmsgradMoments, NadamMoments
 from adaptx.compat import keras as kx
 from adaptx._src.moments import MomentState
 from adaptx._src.scaling import AccumulatorState, AdadeltaState, RmsState
@@ -111,7 +111,7 @@ STATE = {
     "AdamW": _ADAM_STATE,
     "Adadelta": {"_accumulated_grads": (AdadeltaState, "nu", 1),
                  "_accumulated_delta_vars": (AdadeltaState, "delta", 1)},
-    "Adamax": {"_m": (AdamMoments, "mu", 1), "_u": (AdamMoments, "nu", 1)},
+    "Adamax": {"_m": (AdamaxMoments, "mu", 1), "_u": (AdamaxMoments, "nu", 1)},
     "Nadam": {"_momentums": (NadamMoments, "mu", 1), "_velocities": (NadamMoments, "nu", 1),
               "_u_product": (NadamMoments, "mu_product", 1)},
 }

@@ -29,7 +29,7 @@ import pytest
 import torch
 
 import adaptx
-from adaptx._src.adam import AdamMoments, AmsgradMoments, NadamMoments
+from adaptx._src.adam import AdamaxMoments, AdamMoments, AmsgradMoments, NadamMoments
 from adaptx.compat import torch as compat
 from adaptx._src.moments import DampedMomentState, MomentState
 from adaptx._src.scaling import AccumulatorState, AdadeltaState, RmsState
@@ -85,10 +85,10 @@ STATE = {
     "square_avg": [(RmsState, "nu"), (AdadeltaState, "nu")],
     "grad_avg": [(RmsState, "mu")],
     "acc_delta": [(AdadeltaState, "delta")],
-    "exp_avg": [(AdamMoments, "mu"), (AmsgradMoments, "mu"), (NadamMoments, "mu")],
+    "exp_avg": [(AdamMoments, "mu"), (AdamaxMoments, "mu"), (AmsgradMoments, "mu"), (NadamMoments, "mu")],
     "exp_avg_sq": [(AdamMoments, "nu"), (AmsgradMoments, "nu"), (NadamMoments, "nu")],
     "max_exp_avg_sq": [(AmsgradMoments, "nu_max")],
-    "exp_inf": [(AdamMoments, "nu")],
+    "exp_inf": [(AdamaxMoments, "nu")],
 }
 
 

@@ -22,6 +22,17 @@ class AdamMoments(NamedTuple):
     nu: Any
 
 
+class ScaleByAdamaxState(NamedTuple):
+    count: jax.Array
+    mu: Any
+    nu: Any  # exponentially weighted infinity norm u
+
+
+class AdamaxMoments(NamedTuple):  # its own type, so a checkpoint tells AdaMax from Adam
+    mu: Any
+    nu: Any
+
+
 class ScaleByAmsgradState(NamedTuple):
     count: jax.Array
     mu: Any
@@ -127,7 +138,7 @@ def scale_by_adamax(
         check_range(name, value)
 
     def init(params):
-        return nx.block_state(ScaleByAdamState, AdamMoments, nx.initial_count(count), *_moments(params, mu_dtype, nu_dtype))
+        return nx.block_state(ScaleByAdamaxState, AdamaxMoments, nx.initial_count(count), *_moments(params, mu_dtype, nu_dtype))
 
     def update(updates, state, params=None, **extra_args):
         check_tree_match(updates, state.mu, "first moment")
@@ -140,7 +151,7 @@ def scale_by_adamax(
             return mu, nu, (mu / (nx.cast(bias1, nu) * nu)).astype(g.dtype)
 
         mu, nu, out = nx.unzip(jax.tree.map(leaf, state.mu, state.nu, updates), updates, 3)
-        return out, nx.block_state(ScaleByAdamState, AdamMoments, own, mu, nu)
+        return out, nx.block_state(ScaleByAdamaxState, AdamaxMoments, own, mu, nu)
 
     return GradientTransformation(init, update)
 

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from adaptx._src import numerics as nx
-from adaptx._src.adam import AdamMoments, AmsgradMoments, NadamMoments, nadam_momentum
+from adaptx._src.adam import AdamaxMoments, AdamMoments, AmsgradMoments, NadamMoments, nadam_momentum
 from adaptx._src.base import EmptyState, GradientTransformation, chain
 from adaptx._src.hyperparams import with_hyperparams
 from adaptx._src.moments import trace
@@ -98,9 +98,9 @@ def keras_scale_by_adamax(b1, b2, eps, count) -> GradientTransformation:
             return mu, nu, ((mu / nx.cast(bias1, nu)) / (nu + nx.cast(eps, nu))).astype(g.dtype)
 
         mu, nu, out = nx.unzip(jax.tree.map(leaf, state.mu, state.nu, updates), updates, 3)
-        return out, AdamMoments(mu, nu)
+        return out, AdamaxMoments(mu, nu)
 
-    return GradientTransformation(lambda params: AdamMoments(*_moments(params)), update)
+    return GradientTransformation(lambda params: AdamaxMoments(*_moments(params)), update)
 
 
 def keras_scale_by_nadam(b1, b2, eps, count) -> GradientTransformation:
