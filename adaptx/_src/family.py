@@ -1,0 +1,254 @@
+"""The adaptive family built on Adam's moments: RAdam, AdaBelief, Yogi, Lion and LAMB's trust ratio.
+
+One block per paper, each with its equation; the aliases composing them are in
+``family_aliases``. Blocks that need the step take ``count`` as
+:func:`adaptx.scale_by_adam` does, so an optimizer's state has one count.
+"""
+import math
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from adaptx._src import numerics as nx
+from adaptx._src.adam import AdamMoments, ScaleByAdamState, _is_zero
+from adaptx._src.base import EmptyState, GradientTransformation
+from adaptx._src.validate import RANGE_OF, RANGES, check_range, check_tree_match
+
+# The ranges of this module's hyperparameters, by name (append-only beside validate.RANGES).
+RANGES.update(
+    threshold=(0.0, math.inf, True, False),
+    initial_accumulator_value=(0.0, math.inf, True, False),
+)
+RANGE_OF.update(threshold="threshold", initial_accumulator_value="initial_accumulator_value")
+
+
+class ScaleByLionState(NamedTuple):
+    mu: Any
+
+
+def _nesterov_or_plain(mu, g, b1, bias1, bias1_next, nesterov):
+    """m̂ = m/(1 − β₁ᵗ), or with ``nesterov`` β₁·m/(1 − β₁ᵗ⁺¹) + (1 − β₁)·g/(1 − β₁ᵗ) (optax's form)."""
+    if not nesterov:
+        return mu / nx.cast(bias1, mu)
+    beta, complement = nx.split_rate(b1)
+    return (nx.cast(beta, mu) * mu / nx.cast(bias1_next, mu)
+            + nx.cast(complement, mu) * g.astype(mu.dtype) / nx.cast(bias1, mu))
+
+
+def _first_bias(b1, step, nesterov):
+    return nx.bias_correction(b1, step), (nx.bias_correction(b1, step + 1) if nesterov else None)
+
+
+def radam_rectification(b2, step):
+    """(ρₜ, rₜ): the SMA length ρₜ = ρ∞ − 2t·β₂ᵗ/(1 − β₂ᵗ), ρ∞ = 2/(1 − β₂) − 1, and
+    rₜ = √((ρₜ − 4)(ρₜ − 2)ρ∞ / ((ρ∞ − 4)(ρ∞ − 2)ρₜ)), scalars of the step (rₜ is NaN-free only for ρₜ > 4)."""
+    dtype = nx.scalar_dtype()
+    complement = jnp.asarray(nx.split_rate(b2).complement, dtype)
+    bias2 = nx.bias_correction(b2, step)
+    t = step.astype(dtype)
+    rho_inf = 2 / complement - 1
+    rho = rho_inf - 2 * t * (1 - bias2) / bias2
+    safe = jnp.maximum(rho, 4.0)  # rₜ is real for ρₜ ≥ 4 only; the threshold picks m̂ below it
+    r = jnp.sqrt((safe - 4) * (safe - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * safe))
+    return rho, r
+
+
+def scale_by_radam(
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_root: float = 0.0, threshold: float = 5.0,
+    *, nesterov: bool = False, eps_before_correction: bool = False,
+    mu_dtype: Optional[Any] = None, nu_dtype: Optional[Any] = None, count: Optional[jax.Array] = None,
+) -> GradientTransformation:
+    """Rectified Adam's direction (Liu et al., 2020, Algorithm 2).
+
+        m ← β₁·m + (1 − β₁)·g,   v ← β₂·v + (1 − β₂)·|g|²,   m̂ = m / (1 − β₁ᵗ)
+        ρₜ = ρ∞ − 2t·β₂ᵗ / (1 − β₂ᵗ),   ρ∞ = 2 / (1 − β₂) − 1
+        u = rₜ · m̂ / (√(v / (1 − β₂ᵗ) + ε_root) + ε)   if ρₜ > ρ_min (``threshold``),   else u = m̂
+        rₜ = √((ρₜ − 4)(ρₜ − 2)ρ∞ / ((ρ∞ − 4)(ρ∞ − 2)ρₜ))
+
+    The paper's box tests ρₜ > 4 and has no ε; its code, torch.optim and optax
+    use 5 (optax tests ρₜ ≥ 5, equal but on a measure-zero set). ``nesterov``
+    is optax's: m̂ = β₁·m/(1 − β₁ᵗ⁺¹) + (1 − β₁)·g/(1 − β₁ᵗ).
+    ``eps_before_correction`` adds ε to √v before the bias correction,
+    u = rₜ·m̂·√(1 − β₂ᵗ)/(√v + ε), torch.optim.RAdam's form. Complex g: |g|²
+    real, m complex. ``count`` as in :func:`adaptx.scale_by_adam`.
+    """
+    for name, value in (("b1", b1), ("b2", b2), ("eps", eps), ("eps_root", eps_root), ("threshold", threshold)):
+        check_range(name, value)
+
+    def init(params):
+        mu, nu = nx.zeros_like_tree(params, mu_dtype), nx.zeros_like_tree(params, nu_dtype, real=True)
+        return nx.block_state(ScaleByAdamState, AdamMoments, nx.initial_count(count), mu, nu)
+
+    def update(updates, state, params=None, **extra_args):
+        check_tree_match(updates, state.mu, "first moment")
+        step, own = nx.this_step(count, state)
+        bias1, bias1_next = _first_bias(b1, step, nesterov)
+        bias2 = nx.bias_correction(b2, step)
+        rho, r = radam_rectification(b2, step)
+        rectified = rho > jnp.asarray(threshold, rho.dtype)
+        if eps_before_correction:
+            r = r * jnp.sqrt(bias2)
+
+        def moments(mu, nu, g):
+            mu, nu = nx.ema(mu, g, b1), nx.ema(nu, nx.abs_sq(g, nu), b2)
+            nu_hat = nu if eps_before_correction else nu / nx.cast(bias2, nu)
+            return mu, nu, nu_hat + nx.cast(eps_root, nu) if not _is_zero(eps_root) else nu_hat
+
+        mu, nu, nu_hat = nx.unzip(jax.tree.map(moments, state.mu, state.nu, updates), updates, 3)
+
+        def leaf(m, root, g):
+            m_hat = _nesterov_or_plain(m, g, b1, bias1, bias1_next, nesterov)
+            adaptive = nx.cast(r, root) * m_hat / (root + nx.cast(eps, root))
+            return jnp.where(rectified, adaptive, m_hat).astype(g.dtype)
+
+        out = jax.tree.map(leaf, mu, nx.safe_sqrt(nu_hat), updates)
+        return out, nx.block_state(ScaleByAdamState, AdamMoments, own, mu, nu)
+
+    return GradientTransformation(init, update)
+
+
+def scale_by_belief(
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-16, eps_root: float = 1e-16,
+    *, nesterov: bool = False, mu_dtype: Optional[Any] = None, nu_dtype: Optional[Any] = None,
+    count: Optional[jax.Array] = None,
+) -> GradientTransformation:
+    """AdaBelief's direction (Zhuang et al., 2020, Algorithm 2).
+
+        m ← β₁·m + (1 − β₁)·g,    s ← β₂·s + (1 − β₂)·|g − m|² + ε_root
+        u = (m / (1 − β₁ᵗ)) / (√(s / (1 − β₂ᵗ)) + ε)
+
+    m is the new m (the paper's box and optax). The paper adds the same ε in
+    both places; here, as in optax, ε_root is the one inside s (kept in the
+    state) and ε the one outside the root. ``nesterov`` as in :func:`scale_by_radam`.
+    ``count`` as in :func:`adaptx.scale_by_adam`.
+    """
+    for name, value in (("b1", b1), ("b2", b2), ("eps", eps), ("eps_root", eps_root)):
+        check_range(name, value)
+
+    def init(params):
+        mu, nu = nx.zeros_like_tree(params, mu_dtype), nx.zeros_like_tree(params, nu_dtype, real=True)
+        return nx.block_state(ScaleByAdamState, AdamMoments, nx.initial_count(count), mu, nu)
+
+    def update(updates, state, params=None, **extra_args):
+        check_tree_match(updates, state.mu, "first moment")
+        step, own = nx.this_step(count, state)
+        bias1, bias1_next = _first_bias(b1, step, nesterov)
+        bias2 = nx.bias_correction(b2, step)
+
+        def moments(mu, nu, g):
+            mu = nx.ema(mu, g, b1)
+            nu = nx.ema(nu, nx.abs_sq(g.astype(mu.dtype) - mu, nu), b2) + nx.cast(eps_root, nu)
+            return mu, nu, nu / nx.cast(bias2, nu)
+
+        mu, nu, nu_hat = nx.unzip(jax.tree.map(moments, state.mu, state.nu, updates), updates, 3)
+        out = jax.tree.map(
+            lambda m, root, g: (_nesterov_or_plain(m, g, b1, bias1, bias1_next, nesterov)
+                                / (root + nx.cast(eps, root))).astype(g.dtype),
+            mu, nx.safe_sqrt(nu_hat), updates)
+        return out, nx.block_state(ScaleByAdamState, AdamMoments, own, mu, nu)
+
+    return GradientTransformation(init, update)
+
+
+def scale_by_yogi(
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-3, eps_root: float = 0.0,
+    initial_accumulator_value: float = 1e-6, *, bias_correction: bool = True,
+    mu_dtype: Optional[Any] = None, nu_dtype: Optional[Any] = None, count: Optional[jax.Array] = None,
+) -> GradientTransformation:
+    """Yogi's direction (Zaheer et al., 2018, Algorithm 2).
+
+        m ← β₁·m + (1 − β₁)·g,    v ← v − (1 − β₂)·sign(v − |g|²)·|g|²
+        u = m̂ / (√(v̂ + ε_root) + ε),    m̂ = m / (1 − β₁ᵗ),  v̂ = v / (1 − β₂ᵗ)
+
+    with m₀ = v₀ = ``initial_accumulator_value`` (the paper's experiments
+    start v₀ at 1e-6, §4; optax starts both moments there). The paper's box has
+    no bias correction, ``bias_correction=False`` (m̂ = m, v̂ = v); optax and
+    TF-Addons correct both moments, the default here.
+    ``count`` as in :func:`adaptx.scale_by_adam`.
+    """
+    for name, value in (("b1", b1), ("b2", b2), ("eps", eps), ("eps_root", eps_root),
+                        ("initial_accumulator_value", initial_accumulator_value)):
+        check_range(name, value)
+
+    def init(params):
+        mu = nx.zeros_like_tree(params, mu_dtype, initial_accumulator_value)
+        nu = nx.zeros_like_tree(params, nu_dtype, initial_accumulator_value, real=True)
+        return nx.block_state(ScaleByAdamState, AdamMoments, nx.initial_count(count), mu, nu)
+
+    def update(updates, state, params=None, **extra_args):
+        check_tree_match(updates, state.mu, "first moment")
+        step, own = nx.this_step(count, state)
+        bias1 = nx.bias_correction(b1, step) if bias_correction else 1
+        bias2 = nx.bias_correction(b2, step) if bias_correction else 1
+        complement = nx.split_rate(b2).complement
+
+        def moments(mu, nu, g):
+            mu = nx.ema(mu, g, b1)
+            square = nx.abs_sq(g, nu)
+            nu = nu - nx.cast(complement, nu) * jnp.sign(nu - square) * square
+            nu_hat = nu / nx.cast(bias2, nu)
+            return mu, nu, nu_hat + nx.cast(eps_root, nu) if not _is_zero(eps_root) else nu_hat
+
+        mu, nu, nu_hat = nx.unzip(jax.tree.map(moments, state.mu, state.nu, updates), updates, 3)
+        out = jax.tree.map(lambda m, root, g: (m / nx.cast(bias1, m) / (root + nx.cast(eps, root))).astype(g.dtype),
+                           mu, nx.safe_sqrt(nu_hat), updates)
+        return out, nx.block_state(ScaleByAdamState, AdamMoments, own, mu, nu)
+
+    return GradientTransformation(init, update)
+
+
+def scale_by_lion(b1: float = 0.9, b2: float = 0.99, *, mu_dtype: Optional[Any] = None) -> GradientTransformation:
+    """Lion's direction (Chen et al., 2023, Algorithm 2).
+
+        u = sign(β₁·m + (1 − β₁)·g),    m ← β₂·m + (1 − β₂)·g
+
+    The update interpolates with β₁ before m moves with β₂. sign(0) = 0; for
+    complex g, sign(z) = z/|z| (jnp.sign, as optax). Decoupled decay and the
+    learning rate follow (:func:`adaptx.lion`).
+    """
+    check_range("b1", b1)
+    check_range("b2", b2)
+
+    def init(params):
+        return ScaleByLionState(nx.zeros_like_tree(params, mu_dtype))
+
+    def update(updates, state, params=None, **extra_args):
+        check_tree_match(updates, state.mu, "momentum")
+
+        def leaf(m, g):
+            direction = jnp.sign(nx.ema(m, g, b1))
+            return nx.ema(m, g, b2), direction.astype(g.dtype)
+
+        mu, out = nx.unzip(jax.tree.map(leaf, state.mu, updates), updates)
+        return out, ScaleByLionState(mu)
+
+    return GradientTransformation(init, update)
+
+
+def scale_by_trust_ratio() -> GradientTransformation:
+    """LAMB's layer-wise trust ratio (You et al., 2020, Algorithm 2, φ = identity).
+
+        u = g · ‖θ‖₂ / ‖g‖₂,   each norm over one leaf;   u = g when either norm is 0
+
+    Placed after the Adam direction and the decoupled decay (r + λθ), before
+    the learning rate. The norms are taken in the accumulator dtype.
+    """
+    def update(updates, state, params=None, **extra_args):
+        if params is None:
+            raise ValueError("scale_by_trust_ratio needs params: call update(grads, state, params)")
+        check_tree_match(updates, params, "params")
+
+        def squared_norm(x):
+            return jnp.sum(nx.abs_sq(x, nx.real_accumulator_dtype(x)))
+
+        norms = nx.safe_sqrt((jax.tree.map(squared_norm, params), jax.tree.map(squared_norm, updates)))
+
+        def leaf(g, param_norm, update_norm):
+            zero = (param_norm == 0) | (update_norm == 0)
+            ratio = jnp.where(zero, 1, param_norm / jnp.where(zero, 1, update_norm))
+            return (g.astype(nx.accumulator_dtype(g)) * ratio.astype(nx.real_accumulator_dtype(g))).astype(g.dtype)
+
+        return jax.tree.map(leaf, updates, *norms), state
+
+    return GradientTransformation(lambda params: EmptyState(), update)

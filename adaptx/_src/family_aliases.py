@@ -1,0 +1,156 @@
+"""The adaptive family's optimizers: chains of public blocks with hyperparameters held in the state.
+
+Pure composition, as in ``aliases``: argument names and defaults follow
+optax's function of the same name (the learning rate is required there, and
+here), except where a docstring says otherwise.
+"""
+from adaptx._src.adam import scale_by_adam, scale_by_adamax, scale_by_nadam
+from adaptx._src.base import GradientTransformation, chain
+from adaptx._src.family import scale_by_belief, scale_by_lion, scale_by_radam, scale_by_trust_ratio, scale_by_yogi
+from adaptx._src.groups import masked
+from adaptx._src.hyperparams import with_hyperparams
+from adaptx._src.transforms import add_decayed_weights, scale_by_learning_rate
+
+_ADAM_RATES = ("b1", "b2")
+
+
+def _decay(weight_decay, mask):
+    decay = add_decayed_weights(weight_decay)
+    return decay if mask is None else masked(decay, mask)
+
+
+def radam(learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, threshold=5.0, *, nesterov=False,
+          mu_dtype=None, nu_dtype=None) -> GradientTransformation:
+    """RAdam (Liu et al., 2020): Adam with its variance rectified, momentum SGD while ρₜ ≤ 5.
+
+        θ ← θ − η·rₜ·m̂ / (√v̂ + ε)   if ρₜ > ``threshold``,   else θ ← θ − η·m̂
+
+    (see :func:`adaptx.scale_by_radam`). optax.radam's arguments and defaults;
+    torch.optim.RAdam adds ε before the bias correction:
+    ``adaptx.compat.torch.RAdam``.
+    """
+    def build(count, learning_rate, b1, b2, eps, eps_root, threshold):
+        return chain(
+            scale_by_radam(b1, b2, eps, eps_root, threshold, nesterov=nesterov, mu_dtype=mu_dtype,
+                           nu_dtype=nu_dtype, count=count),
+            scale_by_learning_rate(learning_rate),
+        )
+
+    return with_hyperparams(build, rates=_ADAM_RATES, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
+                            eps_root=eps_root, threshold=threshold)
+
+
+def adabelief(learning_rate, b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16, *, nesterov=False,
+              mu_dtype=None, nu_dtype=None) -> GradientTransformation:
+    """AdaBelief (Zhuang et al., 2020): Adam with the variance of g around its EMA.
+
+        s ← β₂·s + (1 − β₂)·(g − m)² + ε_root,    θ ← θ − η·m̂ / (√ŝ + ε)
+
+    (see :func:`adaptx.scale_by_belief`); optax.adabelief's defaults (ε = ε_root = 1e-16, the paper's ε).
+    """
+    def build(count, learning_rate, b1, b2, eps, eps_root):
+        return chain(
+            scale_by_belief(b1, b2, eps, eps_root, nesterov=nesterov, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
+                            count=count),
+            scale_by_learning_rate(learning_rate),
+        )
+
+    return with_hyperparams(build, rates=_ADAM_RATES, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
+                            eps_root=eps_root)
+
+
+def yogi(learning_rate, b1=0.9, b2=0.999, eps=1e-3, *, initial_accumulator_value=1e-6, bias_correction=True,
+         mu_dtype=None, nu_dtype=None) -> GradientTransformation:
+    """Yogi (Zaheer et al., 2018): Adam whose v moves additively, by at most (1 − β₂)·g² a step.
+
+        v ← v − (1 − β₂)·sign(v − g²)·g²,    θ ← θ − η·m̂ / (√v̂ + ε)
+
+    (see :func:`adaptx.scale_by_yogi`); optax.yogi's defaults (ε = 1e-3 and
+    m₀ = v₀ = 1e-6 as the paper's experiments). ``bias_correction=False`` is
+    the paper's algorithm box. ``initial_accumulator_value`` only shapes the
+    initial state, so it is a construction argument.
+    """
+    def build(count, learning_rate, b1, b2, eps):
+        return chain(
+            scale_by_yogi(b1, b2, eps, 0.0, initial_accumulator_value, bias_correction=bias_correction,
+                          mu_dtype=mu_dtype, nu_dtype=nu_dtype, count=count),
+            scale_by_learning_rate(learning_rate),
+        )
+
+    return with_hyperparams(build, rates=_ADAM_RATES, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps)
+
+
+def lion(learning_rate, b1=0.9, b2=0.99, mu_dtype=None, weight_decay=1e-3, mask=None) -> GradientTransformation:
+    """Lion (Chen et al., 2023, Algorithm 2): the sign of an interpolated momentum.
+
+        θ ← θ − η·(sign(β₁·m + (1 − β₁)·g) + λ·θ),    m ← β₂·m + (1 − β₂)·g
+
+    optax.lion's arguments and defaults (λ = 1e-3); keras' Lion is
+    ``adaptx.compat.keras.Lion``. ``mask`` limits the decay as in :func:`adaptx.adamw`.
+    """
+    def build(count, learning_rate, b1, b2, weight_decay):
+        return chain(scale_by_lion(b1, b2, mu_dtype=mu_dtype), _decay(weight_decay, mask),
+                     scale_by_learning_rate(learning_rate))
+
+    return with_hyperparams(build, rates=_ADAM_RATES, learning_rate=learning_rate, b1=b1, b2=b2,
+                            weight_decay=weight_decay)
+
+
+def lamb(learning_rate, b1=0.9, b2=0.999, eps=1e-6, eps_root=0.0, weight_decay=0.0, mask=None, *,
+         mu_dtype=None, nu_dtype=None) -> GradientTransformation:
+    """LAMB (You et al., 2020, Algorithm 2): Adam's step plus decay, rescaled per leaf by a trust ratio.
+
+        r = m̂ / (√(v̂ + ε_root) + ε) + λ·θ,    θ ← θ − η·(‖θ‖ / ‖r‖)·r     (norms per leaf)
+
+    optax.lamb's arguments and defaults. ``mask`` limits the decay as in :func:`adaptx.adamw`.
+    """
+    def build(count, learning_rate, b1, b2, eps, eps_root, weight_decay):
+        return chain(
+            scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, count=count),
+            _decay(weight_decay, mask),
+            scale_by_trust_ratio(),
+            scale_by_learning_rate(learning_rate),
+        )
+
+    return with_hyperparams(build, rates=_ADAM_RATES, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
+                            eps_root=eps_root, weight_decay=weight_decay)
+
+
+def nadamw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4, mask=None, momentum_decay=4e-3, *,
+           mu_dtype=None, nu_dtype=None) -> GradientTransformation:
+    """NAdamW: :func:`adaptx.nadam` with decoupled weight decay (Loshchilov & Hutter, 2019).
+
+        θ ← θ − η·(NAdam's direction + λ·θ)
+
+    ψ = ``momentum_decay`` as :func:`adaptx.nadam` (torch's warming schedule,
+    ``compat.torch.NAdam(decoupled_weight_decay=True)``); ``momentum_decay=None``
+    is optax.nadamw (μₜ = β₁). λ = 1e-4 as optax.
+    """
+    def build(count, learning_rate, b1, b2, eps, weight_decay, momentum_decay=None):
+        return chain(
+            scale_by_nadam(b1, b2, eps, momentum_decay, mu_dtype=mu_dtype, nu_dtype=nu_dtype, count=count),
+            _decay(weight_decay, mask),
+            scale_by_learning_rate(learning_rate),
+        )
+
+    values = dict(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    if momentum_decay is not None:
+        values["momentum_decay"] = momentum_decay
+    return with_hyperparams(build, rates=_ADAM_RATES, **values)
+
+
+def adamaxw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4, mask=None, *,
+            mu_dtype=None, nu_dtype=None) -> GradientTransformation:
+    """AdaMaxW: :func:`adaptx.adamax` with decoupled weight decay; optax.adamaxw's defaults.
+
+        θ ← θ − η·(m / ((1 − β₁ᵗ)·u) + λ·θ),    u ← max(β₂·u, |g| + ε)
+    """
+    def build(count, learning_rate, b1, b2, eps, weight_decay):
+        return chain(
+            scale_by_adamax(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype, count=count),
+            _decay(weight_decay, mask),
+            scale_by_learning_rate(learning_rate),
+        )
+
+    return with_hyperparams(build, rates=_ADAM_RATES, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
+                            weight_decay=weight_decay)

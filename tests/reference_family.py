@@ -1,0 +1,157 @@
+"""Float64 NumPy references for the adaptive family, written from the papers' algorithm boxes.
+
+Same conventions as ``reference``: independent of adaptx, one class per
+algorithm, plain loops over leaves, ``direction`` returns d and ``step`` −η·d.
+"""
+import numpy as np
+
+from reference import NAdam, Reference, zeros_like, Adamax
+
+
+class RAdam(Reference):
+    """Liu et al. (2020), Algorithm 2, with ρ_min = ``threshold`` (5 in the paper's code) and ε.
+
+        m ← β₁m + (1 − β₁)g,   v ← β₂v + (1 − β₂)g²,   m̂ = m/(1 − β₁ᵗ)
+        ρ∞ = 2/(1 − β₂) − 1,   ρₜ = ρ∞ − 2tβ₂ᵗ/(1 − β₂ᵗ)
+        ρₜ > ρ_min: d = rₜ·m̂/(√(v/(1 − β₂ᵗ) + ε_root) + ε),  rₜ = √((ρₜ−4)(ρₜ−2)ρ∞/((ρ∞−4)(ρ∞−2)ρₜ))
+        else:       d = m̂
+    ``nesterov``: m̂ = β₁m/(1 − β₁ᵗ⁺¹) + (1 − β₁)g/(1 − β₁ᵗ); ``torch``: ε added to √v before ÷√(1 − β₂ᵗ).
+    """
+
+    def __init__(self, params, learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, threshold=5.0,
+                 nesterov=False, torch=False, weight_decay=0.0):
+        super().__init__(learning_rate)
+        self.b1, self.b2, self.eps, self.eps_root, self.threshold = b1, b2, eps, eps_root, threshold
+        self.nesterov, self.torch, self.weight_decay = nesterov, torch, weight_decay
+        self.m, self.v = zeros_like(params), zeros_like(params)
+
+    def _direction(self, grads, params):
+        b1, b2, t, out = self.b1, self.b2, self.t, []
+        rho_inf = 2 / (1 - b2) - 1
+        rho = rho_inf - 2 * t * b2 ** t / (1 - b2 ** t)
+        for i, g in enumerate(grads):
+            self.m[i] = b1 * self.m[i] + (1 - b1) * g
+            self.v[i] = b2 * self.v[i] + (1 - b2) * g * g
+            if self.nesterov:
+                m_hat = b1 * self.m[i] / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1 ** t)
+            else:
+                m_hat = self.m[i] / (1 - b1 ** t)
+            if rho > self.threshold:
+                r = np.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+                if self.torch:
+                    d = r * m_hat * np.sqrt(1 - b2 ** t) / (np.sqrt(self.v[i]) + self.eps)
+                else:
+                    d = r * m_hat / (np.sqrt(self.v[i] / (1 - b2 ** t) + self.eps_root) + self.eps)
+            else:
+                d = m_hat
+            out.append(d + self.weight_decay * params[i] if self.weight_decay else d)
+        return out
+
+
+class AdaBelief(Reference):
+    """Zhuang et al. (2020), Algorithm 2 (ε inside s is ε_root, ε outside the root is ε).
+
+        m ← β₁m + (1 − β₁)g,   s ← β₂s + (1 − β₂)(g − m)² + ε_root,   d = (m/(1 − β₁ᵗ)) / (√(s/(1 − β₂ᵗ)) + ε)
+    """
+
+    def __init__(self, params, learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16, nesterov=False):
+        super().__init__(learning_rate)
+        self.b1, self.b2, self.eps, self.eps_root, self.nesterov = b1, b2, eps, eps_root, nesterov
+        self.m, self.s = zeros_like(params), zeros_like(params)
+
+    def _direction(self, grads, params):
+        b1, b2, t, out = self.b1, self.b2, self.t, []
+        for i, g in enumerate(grads):
+            self.m[i] = b1 * self.m[i] + (1 - b1) * g
+            self.s[i] = b2 * self.s[i] + (1 - b2) * (g - self.m[i]) ** 2 + self.eps_root
+            if self.nesterov:
+                m_hat = b1 * self.m[i] / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1 ** t)
+            else:
+                m_hat = self.m[i] / (1 - b1 ** t)
+            out.append(m_hat / (np.sqrt(self.s[i] / (1 - b2 ** t)) + self.eps))
+        return out
+
+
+class Yogi(Reference):
+    """Zaheer et al. (2018), Algorithm 2; m₀ = v₀ = ``initial_accumulator_value``; optional bias correction.
+
+        m ← β₁m + (1 − β₁)g,   v ← v − (1 − β₂)·sign(v − g²)·g²,   d = m̂/(√(v̂ + ε_root) + ε)
+    """
+
+    def __init__(self, params, learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-3, eps_root=0.0,
+                 initial_accumulator_value=1e-6, bias_correction=True):
+        super().__init__(learning_rate)
+        self.b1, self.b2, self.eps, self.eps_root, self.bias = b1, b2, eps, eps_root, bias_correction
+        self.m, self.v = zeros_like(params, initial_accumulator_value), zeros_like(params, initial_accumulator_value)
+
+    def _direction(self, grads, params):
+        b1, b2, t, out = self.b1, self.b2, self.t, []
+        c1, c2 = (1 - b1 ** t, 1 - b2 ** t) if self.bias else (1.0, 1.0)
+        for i, g in enumerate(grads):
+            self.m[i] = b1 * self.m[i] + (1 - b1) * g
+            self.v[i] = self.v[i] - (1 - b2) * np.sign(self.v[i] - g * g) * g * g
+            out.append((self.m[i] / c1) / (np.sqrt(self.v[i] / c2 + self.eps_root) + self.eps))
+        return out
+
+
+class Lion(Reference):
+    """Chen et al. (2023), Algorithm 2: d = sign(β₁m + (1 − β₁)g) + λθ, then m ← β₂m + (1 − β₂)g."""
+
+    def __init__(self, params, learning_rate=1e-4, b1=0.9, b2=0.99, weight_decay=0.0):
+        super().__init__(learning_rate)
+        self.b1, self.b2, self.weight_decay = b1, b2, weight_decay
+        self.m = zeros_like(params)
+
+    def _direction(self, grads, params):
+        out = []
+        for i, g in enumerate(grads):
+            d = np.sign(self.b1 * self.m[i] + (1 - self.b1) * g)
+            self.m[i] = self.b2 * self.m[i] + (1 - self.b2) * g
+            out.append(d + self.weight_decay * params[i] if self.weight_decay else d)
+        return out
+
+
+class Lamb(Reference):
+    """You et al. (2020), Algorithm 2 (φ = identity, ε added to √v̂ as optax):
+
+        r = m̂/(√(v̂ + ε_root) + ε) + λθ,   d = (‖θ‖/‖r‖)·r per leaf (d = r when a norm is 0)
+    """
+
+    def __init__(self, params, learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-6, eps_root=0.0, weight_decay=0.0):
+        super().__init__(learning_rate)
+        self.b1, self.b2, self.eps, self.eps_root, self.weight_decay = b1, b2, eps, eps_root, weight_decay
+        self.m, self.v = zeros_like(params), zeros_like(params)
+
+    def _direction(self, grads, params):
+        b1, b2, t, out = self.b1, self.b2, self.t, []
+        for i, g in enumerate(grads):
+            self.m[i] = b1 * self.m[i] + (1 - b1) * g
+            self.v[i] = b2 * self.v[i] + (1 - b2) * g * g
+            r = (self.m[i] / (1 - b1 ** t)) / (np.sqrt(self.v[i] / (1 - b2 ** t) + self.eps_root) + self.eps)
+            r = r + self.weight_decay * params[i]
+            p_norm, r_norm = np.linalg.norm(params[i]), np.linalg.norm(r)
+            out.append(r * (p_norm / r_norm) if p_norm > 0 and r_norm > 0 else r)
+        return out
+
+
+class NAdamW(NAdam):
+    """NAdam's direction (``reference.NAdam``) + λθ (Loshchilov & Hutter, 2019)."""
+
+    def __init__(self, params, learning_rate=2e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4,
+                 momentum_decay=4e-3):
+        super().__init__(params, learning_rate, b1, b2, eps, momentum_decay)
+        self.weight_decay = weight_decay
+
+    def _direction(self, grads, params):
+        return [d + self.weight_decay * p for d, p in zip(super()._direction(grads, params), params)]
+
+
+class AdaMaxW(Adamax):
+    """AdaMax's direction (``reference.Adamax``) + λθ."""
+
+    def __init__(self, params, learning_rate=2e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4):
+        super().__init__(params, learning_rate, b1, b2, eps)
+        self.weight_decay = weight_decay
+
+    def _direction(self, grads, params):
+        return [d + self.weight_decay * p for d, p in zip(super()._direction(grads, params), params)]
