@@ -58,6 +58,7 @@ CASES = [
     *[("Adamax", options, ADAM) for options in ({}, {"maximize": True})],
     *[("NAdam", options, {**ADAM, "momentum_decay": log_uniform(1e-4, 1e-1)})
       for options in ({}, {"decoupled_weight_decay": True}, {"maximize": True})],
+    *[("RAdam", options, ADAM) for options in ({}, {"decoupled_weight_decay": True, "maximize": True})],
 ]
 
 # torch's state name -> where adaptx keeps the same numbers (state type, field).
@@ -188,6 +189,7 @@ LOSS_CASES = {
     "Adadelta": {"lr": 1.0, "weight_decay": 1e-3},
     "Adamax": {"lr": 1e-2, "weight_decay": 1e-3},
     "NAdam": {"lr": 1e-2, "weight_decay": 1e-2, "decoupled_weight_decay": True},
+    "RAdam": {"lr": 1e-2, "weight_decay": 1e-2, "decoupled_weight_decay": True},
 }
 LOSS_TOLERANCE = 1e-5
 

@@ -276,3 +276,29 @@ def NAdam(lr=2e-3, betas=BETAS, eps=1e-8, weight_decay=0, momentum_decay=4e-3,
 
     return with_hyperparams(build, rates=_BETAS, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                             weight_decay=weight_decay, momentum_decay=momentum_decay)
+
+
+# ---- the adaptive family (issue 13) -------------------------------------------------------
+
+from adaptx._src.family import scale_by_radam  # noqa: E402
+
+__all__ += ["RAdam"]
+
+
+def RAdam(lr=1e-3, betas=BETAS, eps=1e-8, weight_decay=0, decoupled_weight_decay=False, *, foreach=None,
+          maximize=False, capturable=False, differentiable=False) -> GradientTransformation:
+    """torch.optim.RAdam: rectified Adam with ρₜ > 5, ε added to √v before the bias correction.
+
+        g ← g + λθ,    ρₜ > 5: θ ← θ − lr·rₜ·m̂·√(1 − β₂ᵗ)/(√v + ε),    else θ ← θ − lr·m̂
+
+    (see :func:`adaptx.scale_by_radam`, ``eps_before_correction=True``); with
+    ``decoupled_weight_decay`` the decay is θ·(1 − lr·λ) instead (RAdamW).
+    """
+    _check_kernel_options(foreach, None, capturable, differentiable)
+    beta1, beta2 = _check(betas, lr=lr, eps=eps, weight_decay=weight_decay)
+
+    def build(count, lr, beta1, beta2, eps, weight_decay):
+        scaling = scale_by_radam(beta1, beta2, eps, 0.0, 5.0, eps_before_correction=True, count=count)
+        return _torch_order(maximize, weight_decay, scaling, lr, decoupled_weight_decay)
+
+    return with_hyperparams(build, rates=_BETAS, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
