@@ -95,6 +95,12 @@ CASES = {
     "torch_adamax": lambda: T.Adamax(weight_decay=0.01),
     "torch_nadam": lambda: T.NAdam(),
     "torch_nadamw": lambda: T.NAdam(weight_decay=0.01, decoupled_weight_decay=True),
+    "torch_radam": lambda: T.RAdam(weight_decay=0.01, decoupled_weight_decay=True),
+    # the adaptive family's blocks, one chain (one compilation)
+    "family_blocks": lambda: adaptx.chain(
+        adaptx.scale_by_radam(nesterov=True), adaptx.scale_by_belief(), adaptx.scale_by_yogi(),
+        adaptx.scale_by_lion(), adaptx.add_decayed_weights(0.01), adaptx.scale_by_trust_ratio(),
+        adaptx.scale_by_learning_rate(0.01)),
     # adaptx.compat.keras
     "keras_sgd": lambda: K.SGD(0.1),
     "keras_sgd_nesterov": lambda: K.SGD(0.1, momentum=0.9, nesterov=True, clipnorm=1.0),

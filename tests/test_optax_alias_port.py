@@ -72,6 +72,14 @@ _OPTIMIZERS_UNDER_TEST = (
     ("rmsprop", adaptx.rmsprop, {"learning_rate": 5e-3}),
     ("rmsprop", adaptx.rmsprop, {"learning_rate": 5e-3, "momentum": 0.9}),
     ("sgd", adaptx.sgd, {"learning_rate": 1e-3, "momentum": 0.9}),
+    # the adaptive family (issue 13), with optax's learning rates
+    ("adabelief", adaptx.adabelief, {"learning_rate": 1e-2}),
+    ("adamaxw", adaptx.adamaxw, {"learning_rate": 1e-1}),
+    ("lamb", adaptx.lamb, {"learning_rate": 1e-3}),
+    ("lion", adaptx.lion, {"learning_rate": 1e-2, "weight_decay": 1e-4}),
+    ("nadamw", adaptx.nadamw, {"learning_rate": 1e-2, "momentum_decay": None}),
+    ("radam", adaptx.radam, {"learning_rate": 5e-3}),
+    ("yogi", adaptx.yogi, {"learning_rate": 1e-1}),
 )
 _IDS = [name + "".join(f"-{k.replace('learning_rate', 'lr')}={v}" for k, v in kwargs.items())
         for name, _, kwargs in _OPTIMIZERS_UNDER_TEST]
@@ -250,6 +258,13 @@ _SAME_AS_OPTAX = {
     "adamw": (functools.partial(adaptx.adamw, weight_decay=1e-4), optax.adamw),
     "adamax": (adaptx.adamax, optax.adamax),
     "nadam": (functools.partial(adaptx.nadam, momentum_decay=None), optax.nadam),
+    "adabelief": (adaptx.adabelief, optax.adabelief),
+    "adamaxw": (adaptx.adamaxw, optax.adamaxw),
+    "lamb": (adaptx.lamb, optax.lamb),
+    "lion": (adaptx.lion, optax.lion),
+    "nadamw": (functools.partial(adaptx.nadamw, momentum_decay=None), optax.nadamw),
+    "radam": (adaptx.radam, optax.radam),
+    "yogi": (adaptx.yogi, optax.yogi),
 }
 
 # Tolerance of a float32 adaptx run against a float32 run of the same equation (optax's,
