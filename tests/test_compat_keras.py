@@ -26,6 +26,7 @@ from adaptx._src.adam import AdamMoments, AmsgradMoments, NadamMoments
 from adaptx.compat import keras as kx
 from adaptx._src.moments import MomentState
 from adaptx._src.scaling import AccumulatorState, AdadeltaState, RmsState
+from adaptx._src.family import ScaleByLionState
 
 if keras.backend.backend() != "jax":
     raise RuntimeError(
@@ -35,7 +36,7 @@ if keras.backend.backend() != "jax":
 
 STEPS = 200
 TOLERANCE = 1e-5
-PRESETS = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adadelta", "Adamax", "Nadam"]
+PRESETS = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adadelta", "Adamax", "Nadam", "Lion"]
 # A matrix, and nested in a list a scalar and an empty leaf (keras accepts it).
 SHAPES = {"matrix": (3, 4), "nested": [(), (0, 3)]}
 
@@ -71,6 +72,7 @@ OWN = {
     "Adadelta": ["learning_rate", "rho", "epsilon"],
     "Adamax": ["learning_rate", "beta_1", "beta_2", "epsilon"],
     "Nadam": ["learning_rate", "beta_1", "beta_2", "epsilon"],
+    "Lion": ["learning_rate", "beta_1", "beta_2"],
 }
 # keras optimizer attribute -> (adaptx state type, field, sign): the state both keep.
 _ADAM_STATE = {"_momentums": ((AdamMoments, AmsgradMoments), "mu", 1),
@@ -88,6 +90,7 @@ STATE = {
     "Adamax": {"_m": (AdamMoments, "mu", 1), "_u": (AdamMoments, "nu", 1)},
     "Nadam": {"_momentums": (NadamMoments, "mu", 1), "_velocities": (NadamMoments, "nu", 1),
               "_u_product": (NadamMoments, "mu_product", 1)},
+    "Lion": {"_momentums": (ScaleByLionState, "mu", 1)},
 }
 
 
@@ -124,6 +127,8 @@ CASES = [
     case("Adamax", "weight_decay", "global_clipnorm"),
     case("Nadam"),
     case("Nadam", "weight_decay", "clipvalue"),
+    case("Lion", exact=True),
+    case("Lion", "weight_decay", "global_clipnorm"),
 ]
 
 

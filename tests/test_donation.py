@@ -114,6 +114,7 @@ CASES = {
     "keras_adadelta": lambda: K.Adadelta(1.0, clipvalue=0.5),
     "keras_adamax": lambda: K.Adamax(0.01),
     "keras_nadam": lambda: K.Nadam(0.01, weight_decay=0.01, loss_scale_factor=2.0),
+    "keras_lion": lambda: K.Lion(0.01, weight_decay=0.01),
     "keras_sgd_schedule": lambda: K.SGD(lambda step: 0.1 / (1.0 + step), momentum=0.9),
     # wrappers
     "skip_nonfinite": lambda: adaptx.skip_nonfinite(adaptx.adam(0.01)),
