@@ -55,11 +55,13 @@ __all__ = [
 
 # The adaptive family (issue 13): blocks and optimizers built on Adam's moments.
 from adaptx._src.family import (  # noqa: E402
-    ScaleByLionState, scale_by_belief, scale_by_lion, scale_by_radam, scale_by_trust_ratio, scale_by_yogi,
+    ScaleByLionState, ScaleByRpropState, scale_by_belief, scale_by_lion, scale_by_radam, scale_by_rprop,
+    scale_by_trust_ratio, scale_by_yogi,
 )
-from adaptx._src.family_aliases import adabelief, adamaxw, lamb, lion, nadamw, radam, yogi  # noqa: E402
+from adaptx._src.family_aliases import adabelief, adamaxw, lamb, lion, nadamw, radam, rprop, yogi  # noqa: E402
 
 __all__ += [
     "scale_by_radam", "scale_by_belief", "scale_by_yogi", "scale_by_lion", "scale_by_trust_ratio", "ScaleByLionState",
-    "radam", "adabelief", "yogi", "lion", "lamb", "nadamw", "adamaxw",
+    "scale_by_rprop", "ScaleByRpropState",
+    "radam", "adabelief", "yogi", "lion", "lamb", "nadamw", "adamaxw", "rprop",
 ]

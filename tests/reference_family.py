@@ -155,3 +155,28 @@ class AdaMaxW(Adamax):
 
     def _direction(self, grads, params):
         return [d + self.weight_decay * p for d, p in zip(super()._direction(grads, params), params)]
+
+
+class Rprop(Reference):
+    """Rprop without weight-backtracking (iRprop−, Igel & Hüsken, 2000), torch.optim.Rprop's rule.
+
+        s = g·g_prev,   Δ ← clip(Δ·(η₊ if s > 0, η₋ if s < 0, else 1), Δmin, Δmax)
+        g ← 0 where s < 0,   d = sign(g)·Δ,   g_prev ← g;   the step is −d (no learning rate on top)
+    """
+
+    def __init__(self, params, learning_rate=1e-2, eta_minus=0.5, eta_plus=1.2, min_step_size=1e-6,
+                 max_step_size=50.0):
+        super().__init__(1.0)
+        self.eta_minus, self.eta_plus, self.min, self.max = eta_minus, eta_plus, min_step_size, max_step_size
+        self.delta, self.prev = zeros_like(params, learning_rate), zeros_like(params)
+
+    def _direction(self, grads, params):
+        out = []
+        for i, g in enumerate(grads):
+            s = g * self.prev[i]
+            factor = np.where(s > 0, self.eta_plus, np.where(s < 0, self.eta_minus, 1.0))
+            self.delta[i] = np.clip(self.delta[i] * factor, self.min, self.max)
+            g = np.where(s < 0, 0.0, g)
+            self.prev[i] = g
+            out.append(np.sign(g) * self.delta[i])
+        return out

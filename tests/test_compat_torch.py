@@ -24,6 +24,7 @@ from adaptx._src.adam import AdamMoments, AmsgradMoments, NadamMoments
 from adaptx.compat import torch as compat
 from adaptx._src.moments import DampedMomentState, MomentState
 from adaptx._src.scaling import AccumulatorState, AdadeltaState, RmsState
+from adaptx._src.family import ScaleByRpropState
 from _parity import (TRACES, identical, log_uniform, random_grads, random_params,
                      relative_deviation, trajectory, uniform)
 
@@ -59,6 +60,9 @@ CASES = [
     *[("NAdam", options, {**ADAM, "momentum_decay": log_uniform(1e-4, 1e-1)})
       for options in ({}, {"decoupled_weight_decay": True}, {"maximize": True})],
     *[("RAdam", options, ADAM) for options in ({}, {"decoupled_weight_decay": True, "maximize": True})],
+    *[("Rprop", options, {"lr": LR, "etas": lambda rng: (uniform(0.2, 0.8)(rng), uniform(1.05, 1.5)(rng)),
+                          "step_sizes": lambda rng: (log_uniform(1e-7, 1e-5)(rng), log_uniform(1.0, 50.0)(rng))})
+      for options in ({}, {"maximize": True})],
 ]
 
 # torch's state name -> where adaptx keeps the same numbers (state type, field).
@@ -72,6 +76,8 @@ STATE = {
     "exp_avg_sq": [(AdamMoments, "nu"), (AmsgradMoments, "nu"), (NadamMoments, "nu")],
     "max_exp_avg_sq": [(AmsgradMoments, "nu_max")],
     "exp_inf": [(AdamMoments, "nu")],
+    "prev": [(ScaleByRpropState, "prev")],
+    "step_size": [(ScaleByRpropState, "step_size")],
 }
 
 
@@ -156,7 +162,7 @@ def test_matches_torch_on_fixed_gradients(case, problem):
 # Bit-identical on this x86-64 CPU (XLA and torch both fuse a·b + c into an FMA
 # where one is written): plain SGD's params, and the state that sees the same
 # operations in the same order at torch's defaults.
-BIT_IDENTICAL = {"SGD": ["params"], "Adagrad": ["sum"], "Adamax": ["exp_inf"]}
+BIT_IDENTICAL = {"SGD": ["params"], "Adagrad": ["sum"], "Adamax": ["exp_inf"], "Rprop": ["params", "step_size"]}
 
 
 @pytest.mark.parametrize("name", sorted(BIT_IDENTICAL))
@@ -190,6 +196,7 @@ LOSS_CASES = {
     "Adamax": {"lr": 1e-2, "weight_decay": 1e-3},
     "NAdam": {"lr": 1e-2, "weight_decay": 1e-2, "decoupled_weight_decay": True},
     "RAdam": {"lr": 1e-2, "weight_decay": 1e-2, "decoupled_weight_decay": True},
+    "Rprop": {"lr": 1e-3, "etas": (0.4, 1.1)},
 }
 LOSS_TOLERANCE = 1e-5
 

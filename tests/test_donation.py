@@ -96,10 +96,12 @@ CASES = {
     "torch_nadam": lambda: T.NAdam(),
     "torch_nadamw": lambda: T.NAdam(weight_decay=0.01, decoupled_weight_decay=True),
     "torch_radam": lambda: T.RAdam(weight_decay=0.01, decoupled_weight_decay=True),
+    "torch_rprop": lambda: T.Rprop(maximize=True),
     # the adaptive family's blocks, one chain (one compilation)
     "family_blocks": lambda: adaptx.chain(
         adaptx.scale_by_radam(nesterov=True), adaptx.scale_by_belief(), adaptx.scale_by_yogi(),
         adaptx.scale_by_lion(), adaptx.add_decayed_weights(0.01), adaptx.scale_by_trust_ratio(),
+        adaptx.scale_by_rprop(0.01),
         adaptx.scale_by_learning_rate(0.01)),
     # adaptx.compat.keras
     "keras_sgd": lambda: K.SGD(0.1),

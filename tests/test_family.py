@@ -32,6 +32,10 @@ FAMILY_SAMPLERS = {
     "threshold": lambda rng: uniform(rng, 4.5, 8.0),
     "initial_accumulator_value": lambda rng: log_uniform(rng, 1e-8, 1e-4),
     "eps_root": lambda rng: log_uniform(rng, 1e-16, 1e-8),
+    "eta_minus": lambda rng: uniform(rng, 0.2, 0.8),
+    "eta_plus": lambda rng: uniform(rng, 1.05, 1.5),
+    "min_step_size": lambda rng: log_uniform(rng, 1e-7, 1e-5),
+    "max_step_size": lambda rng: log_uniform(rng, 1.0, 50.0),
 }
 
 ADAM = ("learning_rate", "b1", "b2", "eps")
@@ -48,6 +52,8 @@ CASES = [
     Case("nadamw", adaptx.nadamw, ref.NAdamW, ADAM + ("weight_decay", "momentum_decay")),
     Case("nadamw-optax", adaptx.nadamw, ref.NAdamW, ADAM + ("weight_decay",), {"momentum_decay": None}),
     Case("adamaxw", adaptx.adamaxw, ref.AdaMaxW, ADAM + ("weight_decay",)),
+    Case("rprop", adaptx.rprop, ref.Rprop,
+         ("learning_rate", "eta_minus", "eta_plus", "min_step_size", "max_step_size")),
 ]
 BLOCKS = [
     Case("scale_by_radam", adaptx.scale_by_radam, ref.RAdam, ("b1", "b2", "eps", "eps_root", "threshold"),
@@ -128,3 +134,22 @@ def test_reproduces_optax(case, optax_problem):
     want, _ = p_trajectory(("optax-family", name), theirs(**h), *optax_problem)
     got, _ = p_trajectory(("adaptx-family", name), ours(h), *optax_problem)
     assert relative_deviation(got, want) <= 1e-5, h
+
+
+def test_optax_rprop_is_the_same_rule_one_step_late():
+    """optax.rprop returns the step its rule proposed at the previous update (0 first); adaptx and
+    torch apply it at once. With signs that never flip, optax's update t + 1 is adaptx's update t."""
+    rng = np.random.default_rng(5)
+    sign = rng.choice([-1.0, 1.0], 6)
+    grads = [(sign * 10.0 ** rng.uniform(-3, 1, 6)).astype(np.float32) for _ in range(8)]
+    params = np.zeros(6, np.float32)
+    ours, theirs = adaptx.rprop(0.01), optax.rprop(0.01)
+    s_ours, s_theirs = ours.init(params), theirs.init(params)
+    got, want = [], []
+    for g in grads:
+        u, s_ours = ours.update(g, s_ours, params)
+        got.append(np.asarray(u))
+        u, s_theirs = theirs.update(g, s_theirs, params)
+        want.append(np.asarray(u))
+    assert not np.any(want[0])
+    np.testing.assert_allclose(np.stack(want[1:]), np.stack(got[:-1]), rtol=1e-6)

@@ -20,11 +20,24 @@ RANGES.update(
     threshold=(0.0, math.inf, True, False),
     initial_accumulator_value=(0.0, math.inf, True, False),
 )
-RANGE_OF.update(threshold="threshold", initial_accumulator_value="initial_accumulator_value")
+RANGES.update(
+    eta_minus=(0.0, 1.0, False, False),
+    eta_plus=(1.0, math.inf, False, False),
+    min_step_size=(0.0, math.inf, True, False),
+    max_step_size=(0.0, math.inf, False, False),
+)
+RANGE_OF.update(threshold="threshold", initial_accumulator_value="initial_accumulator_value",
+                eta_minus="eta_minus", eta_plus="eta_plus", min_step_size="min_step_size",
+                max_step_size="max_step_size")
 
 
 class ScaleByLionState(NamedTuple):
     mu: Any
+
+
+class ScaleByRpropState(NamedTuple):
+    step_size: Any  # Δ per coordinate (complex leaves: Δ of the real part + i·Δ of the imaginary part)
+    prev: Any  # the previous gradient, 0 where its sign flipped
 
 
 def _nesterov_or_plain(mu, g, b1, bias1, bias1_next, nesterov):
@@ -252,3 +265,56 @@ def scale_by_trust_ratio() -> GradientTransformation:
         return jax.tree.map(leaf, updates, *norms), state
 
     return GradientTransformation(lambda params: EmptyState(), update)
+
+
+def scale_by_rprop(
+    learning_rate: float, eta_minus: float = 0.5, eta_plus: float = 1.2, min_step_size: float = 1e-6,
+    max_step_size: float = 50.0,
+) -> GradientTransformation:
+    """Rprop's step, without weight-backtracking (Riedmiller & Braun, 1993; iRprop−, Igel & Hüsken, 2000).
+
+        s = g·g_prev,    Δ ← clip(Δ·(η₊ if s > 0, η₋ if s < 0, else 1), Δ_min, Δ_max)
+        g ← 0 where s < 0,    u = sign(g)·Δ,    g_prev ← g
+
+    Δ₀ = ``learning_rate`` (read at ``init`` only, as torch.optim.Rprop reads
+    ``lr``). This is torch.optim.Rprop's step; follow it with ``scale(-1)``
+    (:func:`adaptx.rprop`). optax.rprop returns the step proposed one update
+    earlier (its first update is 0): the same rule, one step late. Complex
+    leaves step their real and imaginary parts independently, as torch does.
+    """
+    for name, value in (("learning_rate", learning_rate), ("eta_minus", eta_minus), ("eta_plus", eta_plus),
+                        ("min_step_size", min_step_size), ("max_step_size", max_step_size)):
+        check_range(name, value)
+
+    def init(params):
+        def initial_step(p):
+            dtype = nx.accumulator_dtype(p)
+            fill = learning_rate * (1 + 1j) if jnp.issubdtype(dtype, jnp.complexfloating) else learning_rate
+            return nx.full_like_param(p, fill, dtype)
+
+        return ScaleByRpropState(jax.tree.map(initial_step, params), nx.zeros_like_tree(params))
+
+    def real_step(g, prev, step_size):
+        product = g * prev
+        dt = step_size.dtype
+        factor = jnp.where(product > 0, nx.cast(eta_plus, step_size),
+                           jnp.where(product < 0, nx.cast(eta_minus, step_size), jnp.ones([], dt)))
+        step_size = jnp.clip(step_size * factor, nx.cast(min_step_size, step_size), nx.cast(max_step_size, step_size))
+        g = jnp.where(product < 0, jnp.zeros([], g.dtype), g)
+        return jnp.sign(g).astype(dt) * step_size, g, step_size
+
+    def update(updates, state, params=None, **extra_args):
+        check_tree_match(updates, state.prev, "previous gradient")
+
+        def leaf(g, prev, step_size):
+            g = g.astype(prev.dtype)
+            if not jnp.iscomplexobj(g):
+                return real_step(g, prev, step_size)
+            parts = [real_step(part(g), part(prev), part(step_size)) for part in (jnp.real, jnp.imag)]
+            return tuple(jax.lax.complex(re, im) for re, im in zip(*parts))
+
+        out, prev, step_size = nx.unzip(jax.tree.map(leaf, updates, state.prev, state.step_size), updates, 3)
+        out = jax.tree.map(lambda u, g: u.astype(g.dtype), out, updates)
+        return out, ScaleByRpropState(step_size, prev)
+
+    return GradientTransformation(init, update)

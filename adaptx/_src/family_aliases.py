@@ -6,10 +6,12 @@ here), except where a docstring says otherwise.
 """
 from adaptx._src.adam import scale_by_adam, scale_by_adamax, scale_by_nadam
 from adaptx._src.base import GradientTransformation, chain
-from adaptx._src.family import scale_by_belief, scale_by_lion, scale_by_radam, scale_by_trust_ratio, scale_by_yogi
+from adaptx._src.family import (
+    scale_by_belief, scale_by_lion, scale_by_radam, scale_by_rprop, scale_by_trust_ratio, scale_by_yogi,
+)
 from adaptx._src.groups import masked
 from adaptx._src.hyperparams import with_hyperparams
-from adaptx._src.transforms import add_decayed_weights, scale_by_learning_rate
+from adaptx._src.transforms import add_decayed_weights, scale, scale_by_learning_rate
 
 _ADAM_RATES = ("b1", "b2")
 
@@ -154,3 +156,20 @@ def adamaxw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4, mask=N
 
     return with_hyperparams(build, rates=_ADAM_RATES, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
                             weight_decay=weight_decay)
+
+
+def rprop(learning_rate, eta_minus=0.5, eta_plus=1.2, min_step_size=1e-6, max_step_size=50.0) -> GradientTransformation:
+    """Rprop (Riedmiller & Braun, 1993), without weight-backtracking, as torch.optim.Rprop.
+
+        Δ ← clip(Δ·η±, Δ_min, Δ_max) by the sign of g·g_prev,    θ ← θ − sign(g)·Δ  (no step where it flipped)
+
+    (see :func:`adaptx.scale_by_rprop`); optax.rprop's arguments and defaults.
+    ``learning_rate`` is the initial step Δ₀, read at ``init`` only, so it is a
+    construction argument, not a settable hyperparameter. optax.rprop applies
+    each step one update late (its first update is 0); adaptx and torch do not.
+    """
+    def build(count, eta_minus, eta_plus, min_step_size, max_step_size):
+        return chain(scale_by_rprop(learning_rate, eta_minus, eta_plus, min_step_size, max_step_size), scale(-1.0))
+
+    return with_hyperparams(build, eta_minus=eta_minus, eta_plus=eta_plus, min_step_size=min_step_size,
+                            max_step_size=max_step_size)
