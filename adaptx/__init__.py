@@ -55,13 +55,17 @@ __all__ = [
 
 # The adaptive family (issue 13): blocks and optimizers built on Adam's moments.
 from adaptx._src.family import (  # noqa: E402
-    ScaleByLionState, ScaleByRpropState, scale_by_belief, scale_by_lion, scale_by_radam, scale_by_rprop,
+    ScaleByAdanState, ScaleByLionState, ScaleByNovogradState, ScaleByRpropState, scale_by_adan, scale_by_novograd,
+    scale_by_belief, scale_by_lion, scale_by_radam, scale_by_rprop,
     scale_by_trust_ratio, scale_by_yogi,
 )
-from adaptx._src.family_aliases import adabelief, adamaxw, lamb, lion, nadamw, radam, rprop, yogi  # noqa: E402
+from adaptx._src.family_aliases import (  # noqa: E402
+    adabelief, adamaxw, adan, lamb, lion, nadamw, novograd, radam, rprop, yogi,
+)
 
 __all__ += [
     "scale_by_radam", "scale_by_belief", "scale_by_yogi", "scale_by_lion", "scale_by_trust_ratio", "ScaleByLionState",
-    "scale_by_rprop", "ScaleByRpropState",
+    "scale_by_rprop", "ScaleByRpropState", "scale_by_novograd", "ScaleByNovogradState", "scale_by_adan",
+    "ScaleByAdanState", "novograd", "adan",
     "radam", "adabelief", "yogi", "lion", "lamb", "nadamw", "adamaxw", "rprop",
 ]

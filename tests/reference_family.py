@@ -180,3 +180,53 @@ class Rprop(Reference):
             self.prev[i] = g
             out.append(np.sign(g) * self.delta[i])
         return out
+
+
+class NovoGrad(Reference):
+    """Ginsburg et al. (2019), Algorithm 1 (ε_root inside the root as optax; 0 in the paper).
+
+        v₁ = ‖g₁‖², v ← β₂v + (1 − β₂)‖g‖² per leaf;   m₁ = g₁/(√v₁ + ε) + λθ,  m ← β₁m + g/(√v + ε) + λθ;  d = m
+    """
+
+    def __init__(self, params, learning_rate=1e-3, b1=0.9, b2=0.25, eps=1e-6, eps_root=0.0, weight_decay=0.0):
+        super().__init__(learning_rate)
+        self.b1, self.b2, self.eps, self.eps_root, self.weight_decay = b1, b2, eps, eps_root, weight_decay
+        self.m, self.v = zeros_like(params), [0.0 for _ in params]
+
+    def _direction(self, grads, params):
+        out = []
+        for i, g in enumerate(grads):
+            square = float(np.sum(g * g))
+            self.v[i] = square if self.t == 1 else self.b2 * self.v[i] + (1 - self.b2) * square
+            term = g / (np.sqrt(self.v[i] + self.eps_root) + self.eps) + self.weight_decay * params[i]
+            self.m[i] = term if self.t == 1 else self.b1 * self.m[i] + term
+            out.append(self.m[i])
+        return out
+
+
+class Adan(Reference):
+    """Xie et al. (2022), Algorithm 1, in decay-rate form (β = 1 − the paper's β), bias-corrected as its code.
+
+        Δ = g − g_prev (0 at t = 1),  m ← β₁m + (1 − β₁)g,  v ← β₂v + (1 − β₂)Δ,  n ← β₃n + (1 − β₃)(g + cΔ)²
+        d = (m̂ + c·v̂)/(√(n̂ + ε_root) + ε) + λθ,   c = β₂ (the paper's 1 − β₂)
+    """
+
+    def __init__(self, params, learning_rate=1e-3, b1=0.98, b2=0.92, b3=0.99, eps=1e-8, eps_root=1e-8,
+                 weight_decay=0.0, diff_weight=None):
+        super().__init__(learning_rate)
+        self.b1, self.b2, self.b3, self.eps, self.eps_root = b1, b2, b3, eps, eps_root
+        self.weight_decay, self.c = weight_decay, b2 if diff_weight is None else diff_weight
+        self.m, self.v, self.n, self.prev = (zeros_like(params) for _ in range(4))
+
+    def _direction(self, grads, params):
+        b1, b2, b3, t, c, out = self.b1, self.b2, self.b3, self.t, self.c, []
+        for i, g in enumerate(grads):
+            diff = np.zeros_like(g) if t == 1 else g - self.prev[i]
+            self.prev[i] = g
+            self.m[i] = b1 * self.m[i] + (1 - b1) * g
+            self.v[i] = b2 * self.v[i] + (1 - b2) * diff
+            self.n[i] = b3 * self.n[i] + (1 - b3) * (g + c * diff) ** 2
+            d = (self.m[i] / (1 - b1 ** t) + c * self.v[i] / (1 - b2 ** t)) / (
+                np.sqrt(self.n[i] / (1 - b3 ** t) + self.eps_root) + self.eps)
+            out.append(d + self.weight_decay * params[i])
+        return out

@@ -36,6 +36,7 @@ FAMILY_SAMPLERS = {
     "eta_plus": lambda rng: uniform(rng, 1.05, 1.5),
     "min_step_size": lambda rng: log_uniform(rng, 1e-7, 1e-5),
     "max_step_size": lambda rng: log_uniform(rng, 1.0, 50.0),
+    "b3": lambda rng: uniform(rng, 0.9, 0.999),
 }
 
 ADAM = ("learning_rate", "b1", "b2", "eps")
@@ -52,6 +53,11 @@ CASES = [
     Case("nadamw", adaptx.nadamw, ref.NAdamW, ADAM + ("weight_decay", "momentum_decay")),
     Case("nadamw-optax", adaptx.nadamw, ref.NAdamW, ADAM + ("weight_decay",), {"momentum_decay": None}),
     Case("adamaxw", adaptx.adamaxw, ref.AdaMaxW, ADAM + ("weight_decay",)),
+    Case("novograd", adaptx.novograd, ref.NovoGrad, ("learning_rate", "b1", "b2", "eps", "weight_decay"),
+         samplers={"b2": lambda rng: uniform(rng, 0.1, 0.9)}),
+    Case("adan", adaptx.adan, ref.Adan, ADAM + ("b3", "eps_root", "weight_decay"),
+         samplers={"b1": lambda rng: uniform(rng, 0.9, 0.99), "b2": lambda rng: uniform(rng, 0.8, 0.99)}),
+    Case("adan-optax", adaptx.adan, ref.Adan, ADAM + ("b3",), {"diff_weight": 0.08}),
     Case("rprop", adaptx.rprop, ref.Rprop,
          ("learning_rate", "eta_minus", "eta_plus", "min_step_size", "max_step_size")),
 ]
@@ -116,6 +122,11 @@ OPTAX_CASES = [
     ("lamb", optax.lamb, lambda h: adaptx.lamb(**h), {**ADAM_SPACE, "weight_decay": WD}),
     ("nadamw", optax.nadamw, lambda h: adaptx.nadamw(**h, momentum_decay=None), {**ADAM_SPACE, "weight_decay": WD}),
     ("adamaxw", optax.adamaxw, lambda h: adaptx.adamaxw(**h), {**ADAM_SPACE, "weight_decay": WD}),
+    ("novograd", optax.novograd, lambda h: adaptx.novograd(**h),
+     {**ADAM_SPACE, "b2": p_uniform(0.1, 0.9), "eps": p_log_uniform(1e-8, 1e-4), "weight_decay": WD}),
+    ("adan", optax.adan, lambda h: adaptx.adan(**h, diff_weight=1 - h["b2"]),
+     {**ADAM_SPACE, "b1": p_uniform(0.9, 0.99), "b2": p_uniform(0.8, 0.99), "b3": p_uniform(0.9, 0.999),
+      "weight_decay": WD}),
 ]
 
 

@@ -81,6 +81,8 @@ _OPTIMIZERS_UNDER_TEST = (
     ("radam", adaptx.radam, {"learning_rate": 5e-3}),
     ("yogi", adaptx.yogi, {"learning_rate": 1e-1}),
     ("rprop", adaptx.rprop, {"learning_rate": 1e-1}),
+    ("novograd", adaptx.novograd, {"learning_rate": 1e-3}),
+    ("adan", adaptx.adan, {"learning_rate": 1e-1}),
 )
 _IDS = [name + "".join(f"-{k.replace('learning_rate', 'lr')}={v}" for k, v in kwargs.items())
         for name, _, kwargs in _OPTIMIZERS_UNDER_TEST]
@@ -266,6 +268,9 @@ _SAME_AS_OPTAX = {
     "nadamw": (functools.partial(adaptx.nadamw, momentum_decay=None), optax.nadamw),
     "radam": (adaptx.radam, optax.radam),
     "yogi": (adaptx.yogi, optax.yogi),
+    "novograd": (adaptx.novograd, optax.novograd),
+    # optax weighs Adan's gradient difference by 1 − β₂ = 0.08 where the paper has β₂ = 0.92
+    "adan": (functools.partial(adaptx.adan, diff_weight=0.08), optax.adan),
 }
 
 # Tolerance of a float32 adaptx run against a float32 run of the same equation (optax's,

@@ -18,6 +18,7 @@ from adaptx._src.validate import RANGE_OF, RANGES, check_range, check_tree_match
 # The ranges of this module's hyperparameters, by name (append-only beside validate.RANGES).
 RANGES.update(
     threshold=(0.0, math.inf, True, False),
+    b3=(0.0, 1.0, True, False),
     initial_accumulator_value=(0.0, math.inf, True, False),
 )
 RANGES.update(
@@ -26,13 +27,39 @@ RANGES.update(
     min_step_size=(0.0, math.inf, True, False),
     max_step_size=(0.0, math.inf, False, False),
 )
-RANGE_OF.update(threshold="threshold", initial_accumulator_value="initial_accumulator_value",
+RANGE_OF.update(threshold="threshold", b3="b3", initial_accumulator_value="initial_accumulator_value",
                 eta_minus="eta_minus", eta_plus="eta_plus", min_step_size="min_step_size",
                 max_step_size="max_step_size")
 
 
 class ScaleByLionState(NamedTuple):
     mu: Any
+
+
+class ScaleByNovogradState(NamedTuple):
+    count: jax.Array
+    mu: Any
+    nu: Any  # one scalar per leaf: the EMA of ‖g‖²
+
+
+class NovogradMoments(NamedTuple):
+    mu: Any
+    nu: Any
+
+
+class ScaleByAdanState(NamedTuple):
+    count: jax.Array
+    mu: Any  # EMA of g
+    delta: Any  # EMA of g − g_prev
+    nu: Any  # EMA of |g + c·(g − g_prev)|²
+    prev: Any  # g_prev
+
+
+class AdanMoments(NamedTuple):
+    mu: Any
+    delta: Any
+    nu: Any
+    prev: Any
 
 
 class ScaleByRpropState(NamedTuple):
@@ -316,5 +343,104 @@ def scale_by_rprop(
         out, prev, step_size = nx.unzip(jax.tree.map(leaf, updates, state.prev, state.step_size), updates, 3)
         out = jax.tree.map(lambda u, g: u.astype(g.dtype), out, updates)
         return out, ScaleByRpropState(step_size, prev)
+
+    return GradientTransformation(init, update)
+
+
+def scale_by_novograd(
+    b1: float = 0.9, b2: float = 0.25, eps: float = 1e-6, eps_root: float = 0.0, weight_decay: float = 0.0,
+    *, mu_dtype: Optional[Any] = None, count: Optional[jax.Array] = None,
+) -> GradientTransformation:
+    """NovoGrad's direction (Ginsburg et al., 2019, Algorithm 1): a second moment per layer (leaf).
+
+        v₁ = ‖g₁‖²,    v ← β₂·v + (1 − β₂)·‖g‖²                        (‖·‖ over the leaf)
+        m₁ = g₁/(√(v₁ + ε_root) + ε) + λ·θ,    m ← β₁·m + g/(√(v + ε_root) + ε) + λ·θ,    u = m
+
+    The weight decay λ sits inside the momentum, as in the paper and optax;
+    ε_root is optax's (0 in the paper). ``count`` as in :func:`adaptx.scale_by_adam`.
+    """
+    for name, value in (("b1", b1), ("b2", b2), ("eps", eps), ("eps_root", eps_root),
+                        ("weight_decay", weight_decay)):
+        check_range(name, value)
+
+    def init(params):
+        nu = jax.tree.map(lambda p: jnp.zeros([], nx.real_accumulator_dtype(p)), params)
+        return nx.block_state(ScaleByNovogradState, NovogradMoments, nx.initial_count(count),
+                              nx.zeros_like_tree(params, mu_dtype), nu)
+
+    def update(updates, state, params=None, **extra_args):
+        if params is None:
+            raise ValueError("scale_by_novograd needs params: call update(grads, state, params)")
+        check_tree_match(updates, state.mu, "first moment")
+        step, own = nx.this_step(count, state)
+        first = step == 1
+
+        def norms(nu, g):
+            square = jnp.sum(nx.abs_sq(g, nu))
+            return jnp.where(first, square, nx.ema(nu, square, b2))
+
+        nu = jax.tree.map(norms, state.nu, updates)
+        plus_root = jax.tree.map(lambda v: v + nx.cast(eps_root, v), nu) if not _is_zero(eps_root) else nu
+
+        def leaf(mu, root, g, p):
+            term = g.astype(mu.dtype) / (root + nx.cast(eps, root)).astype(mu.dtype)
+            term = term + nx.cast(weight_decay, mu) * p.astype(mu.dtype)
+            mu = jnp.where(first, term, nx.cast(nx.rate_value(b1), mu) * mu + term)
+            return mu, mu.astype(g.dtype)
+
+        mu, out = nx.unzip(jax.tree.map(leaf, state.mu, nx.safe_sqrt(plus_root), updates, params), updates)
+        return out, nx.block_state(ScaleByNovogradState, NovogradMoments, own, mu, nu)
+
+    return GradientTransformation(init, update)
+
+
+def scale_by_adan(
+    b1: float = 0.98, b2: float = 0.92, b3: float = 0.99, eps: float = 1e-8, eps_root: float = 1e-8,
+    *, diff_weight: Optional[float] = None, count: Optional[jax.Array] = None,
+) -> GradientTransformation:
+    """Adan's direction (Xie et al., 2022, Algorithm 1, with its code's bias correction).
+
+        Δ = g − g_prev (0 on the first step),    c = β₂ (``diff_weight``)
+        m ← β₁·m + (1 − β₁)·g,   v ← β₂·v + (1 − β₂)·Δ,   n ← β₃·n + (1 − β₃)·|g + c·Δ|²
+        u = (m̂ + c·v̂) / (√(n̂ + ε_root) + ε),    x̂ = x / (1 − βᵗ)
+
+    β's are decay rates (the paper writes 1 − β: its β₁ = 0.02, β₂ = 0.08,
+    β₃ = 0.01), so the paper's (1 − β₂) weight on Δ is c = β₂ here, as in its
+    official code. optax.adan weighs Δ by 1 − β₂ instead: ``diff_weight=1 − β₂``.
+    The paper's box has no bias correction; its code and optax correct each
+    moment, as here. ``count`` as in :func:`adaptx.scale_by_adam`.
+    """
+    for name, value in (("b1", b1), ("b2", b2), ("b3", b3), ("eps", eps), ("eps_root", eps_root)):
+        check_range(name, value)
+    c = nx.rate_value(b2) if diff_weight is None else diff_weight
+
+    def init(params):
+        fields = [nx.zeros_like_tree(params) for _ in range(2)] + [nx.zeros_like_tree(params, real=True),
+                                                                    nx.zeros_like_tree(params)]
+        return nx.block_state(ScaleByAdanState, AdanMoments, nx.initial_count(count), *fields)
+
+    def update(updates, state, params=None, **extra_args):
+        check_tree_match(updates, state.mu, "first moment")
+        step, own = nx.this_step(count, state)
+        first = step == 1
+        bias1, bias2, bias3 = (nx.bias_correction(b, step) for b in (b1, b2, b3))
+
+        def moments(mu, delta, nu, prev, g):
+            g = g.astype(mu.dtype)
+            diff = jnp.where(first, jnp.zeros([], g.dtype), g - prev)
+            mu, delta = nx.ema(mu, g, b1), nx.ema(delta, diff, b2)
+            nu = nx.ema(nu, nx.abs_sq(g + nx.cast(c, g) * diff, nu), b3)
+            nu_hat = nu / nx.cast(bias3, nu)
+            return mu, delta, nu, g, nu_hat + nx.cast(eps_root, nu) if not _is_zero(eps_root) else nu_hat
+
+        mu, delta, nu, prev, nu_hat = nx.unzip(
+            jax.tree.map(moments, state.mu, state.delta, state.nu, state.prev, updates), updates, 5)
+
+        def leaf(m, d, root, g):
+            direction = m / nx.cast(bias1, m) + nx.cast(c, m) * (d / nx.cast(bias2, d))
+            return (direction / (root + nx.cast(eps, root))).astype(g.dtype)
+
+        out = jax.tree.map(leaf, mu, delta, nx.safe_sqrt(nu_hat), updates)
+        return out, nx.block_state(ScaleByAdanState, AdanMoments, own, mu, delta, nu, prev)
 
     return GradientTransformation(init, update)

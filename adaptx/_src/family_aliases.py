@@ -7,7 +7,8 @@ here), except where a docstring says otherwise.
 from adaptx._src.adam import scale_by_adam, scale_by_adamax, scale_by_nadam
 from adaptx._src.base import GradientTransformation, chain
 from adaptx._src.family import (
-    scale_by_belief, scale_by_lion, scale_by_radam, scale_by_rprop, scale_by_trust_ratio, scale_by_yogi,
+    scale_by_adan, scale_by_belief, scale_by_lion, scale_by_novograd, scale_by_radam, scale_by_rprop,
+    scale_by_trust_ratio, scale_by_yogi,
 )
 from adaptx._src.groups import masked
 from adaptx._src.hyperparams import with_hyperparams
@@ -173,3 +174,44 @@ def rprop(learning_rate, eta_minus=0.5, eta_plus=1.2, min_step_size=1e-6, max_st
 
     return with_hyperparams(build, eta_minus=eta_minus, eta_plus=eta_plus, min_step_size=min_step_size,
                             max_step_size=max_step_size)
+
+
+def novograd(learning_rate, b1=0.9, b2=0.25, eps=1e-6, eps_root=0.0, weight_decay=0.0, *,
+             mu_dtype=None) -> GradientTransformation:
+    """NovoGrad (Ginsburg et al., 2019): layer-wise second moments, decay inside the momentum.
+
+        v ← β₂·v + (1 − β₂)·‖g‖²  (per leaf),    m ← β₁·m + g/(√v + ε) + λ·θ,    θ ← θ − η·m
+
+    (see :func:`adaptx.scale_by_novograd`); optax.novograd's arguments and defaults.
+    """
+    def build(count, learning_rate, b1, b2, eps, eps_root, weight_decay):
+        return chain(
+            scale_by_novograd(b1, b2, eps, eps_root, weight_decay, mu_dtype=mu_dtype, count=count),
+            scale_by_learning_rate(learning_rate),
+        )
+
+    return with_hyperparams(build, rates=_ADAM_RATES, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
+                            eps_root=eps_root, weight_decay=weight_decay)
+
+
+def adan(learning_rate, b1=0.98, b2=0.92, b3=0.99, eps=1e-8, eps_root=1e-8, weight_decay=0.0, mask=None, *,
+         diff_weight=None) -> GradientTransformation:
+    """Adan (Xie et al., 2022): Nesterov momentum estimated from gradient differences.
+
+        θ ← θ − η·((m̂ + β₂·v̂) / (√n̂ + ε) + λ·θ)
+
+    (see :func:`adaptx.scale_by_adan`). optax.adan's arguments and defaults,
+    but the difference is weighed by β₂ as in the paper and its code, where
+    optax weighs it by 1 − β₂ (``diff_weight=1 - b2`` gives optax's numbers).
+    The decay is decoupled and additive as in optax; the paper's proximal step
+    θ/(1 + ηλ) agrees to first order in ηλ.
+    """
+    def build(count, learning_rate, b1, b2, b3, eps, eps_root, weight_decay):
+        return chain(
+            scale_by_adan(b1, b2, b3, eps, eps_root, diff_weight=diff_weight, count=count),
+            _decay(weight_decay, mask),
+            scale_by_learning_rate(learning_rate),
+        )
+
+    return with_hyperparams(build, rates=("b1", "b2", "b3"), learning_rate=learning_rate, b1=b1, b2=b2, b3=b3,
+                            eps=eps, eps_root=eps_root, weight_decay=weight_decay)
