@@ -55,17 +55,18 @@ __all__ = [
 
 # The adaptive family (issue 13): blocks and optimizers built on Adam's moments.
 from adaptx._src.family import (  # noqa: E402
-    ScaleByAdanState, ScaleByLionState, ScaleByNovogradState, ScaleByRpropState, scale_by_adan, scale_by_novograd,
+    ScaleByAdanState, ScaleByAdemamixState, scale_by_ademamix, scale_by_adopt, ScaleByLionState, ScaleByNovogradState, ScaleByRpropState, scale_by_adan, scale_by_novograd,
     scale_by_belief, scale_by_lion, scale_by_radam, scale_by_rprop,
     scale_by_trust_ratio, scale_by_yogi,
 )
 from adaptx._src.family_aliases import (  # noqa: E402
-    adabelief, adamaxw, adan, lamb, lion, nadamw, novograd, radam, rprop, yogi,
+    adabelief, adamaxw, ademamix, adan, adopt, lamb, lion, nadamw, novograd, radam, rprop, yogi,
 )
 
 __all__ += [
     "scale_by_radam", "scale_by_belief", "scale_by_yogi", "scale_by_lion", "scale_by_trust_ratio", "ScaleByLionState",
     "scale_by_rprop", "ScaleByRpropState", "scale_by_novograd", "ScaleByNovogradState", "scale_by_adan",
     "ScaleByAdanState", "novograd", "adan",
+    "scale_by_adopt", "scale_by_ademamix", "ScaleByAdemamixState", "adopt", "ademamix",
     "radam", "adabelief", "yogi", "lion", "lamb", "nadamw", "adamaxw", "rprop",
 ]

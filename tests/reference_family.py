@@ -230,3 +230,56 @@ class Adan(Reference):
                 np.sqrt(self.n[i] / (1 - b3 ** t) + self.eps_root) + self.eps)
             out.append(d + self.weight_decay * params[i])
         return out
+
+
+class Adopt(Reference):
+    """Taniguchi et al. (2024), Algorithm 2: v₀ = g₀² (no step), then
+    m ← β₁m + (1 − β₁)·clip(g / max(√v, ε), k^¼),  d = m (nesterov: β₁m + (1 − β₁)·clip(...)),  v ← β₂v + (1 − β₂)g²
+    with k the number of updates before this one.
+    """
+
+    def __init__(self, params, learning_rate=1e-3, b1=0.9, b2=0.9999, eps=1e-6, nesterov=False, use_clipping=True):
+        super().__init__(learning_rate)
+        self.b1, self.b2, self.eps, self.nesterov, self.clipping = b1, b2, eps, nesterov, use_clipping
+        self.m, self.v = zeros_like(params), zeros_like(params)
+
+    def _direction(self, grads, params):
+        out = []
+        for i, g in enumerate(grads):
+            if self.t == 1:
+                self.v[i] = g * g
+                out.append(np.zeros_like(g))
+                continue
+            x = g / np.maximum(np.sqrt(self.v[i]), self.eps)
+            if self.clipping:
+                c = (self.t - 1) ** 0.25
+                x = np.clip(x, -c, c)
+            self.m[i] = self.b1 * self.m[i] + (1 - self.b1) * x
+            out.append(self.b1 * self.m[i] + (1 - self.b1) * x if self.nesterov else self.m[i].copy())
+            self.v[i] = self.b2 * self.v[i] + (1 - self.b2) * g * g
+        return out
+
+
+class AdEMAMix(Reference):
+    """Pagliardini et al. (2024), Algorithm 1 (constant α and β₃):
+    m₁ ← β₁m₁ + (1 − β₁)g,  m₂ ← β₃m₂ + (1 − β₃)g,  v ← β₂v + (1 − β₂)g²,
+    d = (m₁/(1 − β₁ᵗ) + α·m₂) / (√(v/(1 − β₂ᵗ) + ε_root) + ε) + λθ
+    """
+
+    def __init__(self, params, learning_rate=1e-3, b1=0.9, b2=0.999, b3=0.9999, alpha=5.0, eps=1e-8,
+                 eps_root=0.0, weight_decay=0.0):
+        super().__init__(learning_rate)
+        self.b1, self.b2, self.b3, self.alpha, self.eps, self.eps_root = b1, b2, b3, alpha, eps, eps_root
+        self.weight_decay = weight_decay
+        self.m1, self.m2, self.v = zeros_like(params), zeros_like(params), zeros_like(params)
+
+    def _direction(self, grads, params):
+        b1, b2, b3, t, out = self.b1, self.b2, self.b3, self.t, []
+        for i, g in enumerate(grads):
+            self.m1[i] = b1 * self.m1[i] + (1 - b1) * g
+            self.m2[i] = b3 * self.m2[i] + (1 - b3) * g
+            self.v[i] = b2 * self.v[i] + (1 - b2) * g * g
+            d = (self.m1[i] / (1 - b1 ** t) + self.alpha * self.m2[i]) / (
+                np.sqrt(self.v[i] / (1 - b2 ** t) + self.eps_root) + self.eps)
+            out.append(d + self.weight_decay * params[i])
+        return out

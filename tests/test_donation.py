@@ -102,6 +102,7 @@ CASES = {
         adaptx.scale_by_radam(nesterov=True), adaptx.scale_by_belief(), adaptx.scale_by_yogi(),
         adaptx.scale_by_lion(), adaptx.add_decayed_weights(0.01), adaptx.scale_by_trust_ratio(),
         adaptx.scale_by_rprop(0.01), adaptx.scale_by_novograd(weight_decay=0.01), adaptx.scale_by_adan(),
+        adaptx.scale_by_adopt(), adaptx.scale_by_ademamix(),
         adaptx.scale_by_learning_rate(0.01)),
     # adaptx.compat.keras
     "keras_sgd": lambda: K.SGD(0.1),

@@ -13,6 +13,7 @@ import functools
 import zlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -37,6 +38,7 @@ FAMILY_SAMPLERS = {
     "min_step_size": lambda rng: log_uniform(rng, 1e-7, 1e-5),
     "max_step_size": lambda rng: log_uniform(rng, 1.0, 50.0),
     "b3": lambda rng: uniform(rng, 0.9, 0.999),
+    "alpha": lambda rng: uniform(rng, 1.0, 10.0),
 }
 
 ADAM = ("learning_rate", "b1", "b2", "eps")
@@ -58,6 +60,10 @@ CASES = [
     Case("adan", adaptx.adan, ref.Adan, ADAM + ("b3", "eps_root", "weight_decay"),
          samplers={"b1": lambda rng: uniform(rng, 0.9, 0.99), "b2": lambda rng: uniform(rng, 0.8, 0.99)}),
     Case("adan-optax", adaptx.adan, ref.Adan, ADAM + ("b3",), {"diff_weight": 0.08}),
+    Case("adopt", adaptx.adopt, ref.Adopt, ADAM, samplers={"eps": lambda rng: log_uniform(rng, 1e-8, 1e-4)}),
+    Case("adopt-nesterov-unclipped", adaptx.adopt, ref.Adopt, ADAM, {"nesterov": True, "use_clipping": False},
+         samplers={"eps": lambda rng: log_uniform(rng, 1e-8, 1e-4)}),
+    Case("ademamix", adaptx.ademamix, ref.AdEMAMix, ADAM + ("b3", "alpha", "eps_root", "weight_decay")),
     Case("rprop", adaptx.rprop, ref.Rprop,
          ("learning_rate", "eta_minus", "eta_plus", "min_step_size", "max_step_size")),
 ]
@@ -108,6 +114,9 @@ B1, B2 = p_uniform(0.0, 0.99), p_uniform(0.9, 0.999)
 WD = p_log_uniform(1e-4, 1e-1)
 ADAM_SPACE = {"learning_rate": LR, "b1": B1, "b2": B2, "eps": EPS}
 
+ALPHA_WARMUP = lambda count: 8.0 * jnp.minimum(count / 100.0, 1.0)  # noqa: E731
+B3_WARMUP = lambda count: 0.9 + 0.0999 * jnp.minimum(count / 150.0, 1.0)  # noqa: E731
+
 # (id, optax optimizer, the adaptx call that reproduces it, hyperparameters drawn at random).
 OPTAX_CASES = [
     ("radam", optax.radam, lambda h: adaptx.radam(**h), ADAM_SPACE),
@@ -127,6 +136,14 @@ OPTAX_CASES = [
     ("adan", optax.adan, lambda h: adaptx.adan(**h, diff_weight=1 - h["b2"]),
      {**ADAM_SPACE, "b1": p_uniform(0.9, 0.99), "b2": p_uniform(0.8, 0.99), "b3": p_uniform(0.9, 0.999),
       "weight_decay": WD}),
+    ("adopt", optax.contrib.adopt, lambda h: adaptx.adopt(**h), {**ADAM_SPACE, "eps": p_log_uniform(1e-8, 1e-4)}),
+    ("adopt-nesterov", functools.partial(optax.contrib.adopt, nesterov=True),
+     lambda h: adaptx.adopt(**h, nesterov=True), {**ADAM_SPACE, "eps": p_log_uniform(1e-8, 1e-4)}),
+    ("ademamix", optax.contrib.ademamix, lambda h: adaptx.ademamix(**h),
+     {**ADAM_SPACE, "b3": p_uniform(0.99, 0.9999), "alpha": p_uniform(1.0, 10.0), "weight_decay": WD}),
+    # the paper's warm-ups as schedules of the step (read at the updates applied so far, both sides)
+    ("ademamix-schedules", lambda **h: optax.contrib.ademamix(**h, alpha=ALPHA_WARMUP, b3=B3_WARMUP),
+     lambda h: adaptx.ademamix(**h, alpha=ALPHA_WARMUP, b3=B3_WARMUP), ADAM_SPACE),
 ]
 
 

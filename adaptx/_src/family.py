@@ -19,6 +19,7 @@ from adaptx._src.validate import RANGE_OF, RANGES, check_range, check_tree_match
 RANGES.update(
     threshold=(0.0, math.inf, True, False),
     b3=(0.0, 1.0, True, False),
+    alpha=(0.0, math.inf, True, False),
     initial_accumulator_value=(0.0, math.inf, True, False),
 )
 RANGES.update(
@@ -27,7 +28,7 @@ RANGES.update(
     min_step_size=(0.0, math.inf, True, False),
     max_step_size=(0.0, math.inf, False, False),
 )
-RANGE_OF.update(threshold="threshold", b3="b3", initial_accumulator_value="initial_accumulator_value",
+RANGE_OF.update(threshold="threshold", b3="b3", alpha="alpha", initial_accumulator_value="initial_accumulator_value",
                 eta_minus="eta_minus", eta_plus="eta_plus", min_step_size="min_step_size",
                 max_step_size="max_step_size")
 
@@ -60,6 +61,19 @@ class AdanMoments(NamedTuple):
     delta: Any
     nu: Any
     prev: Any
+
+
+class ScaleByAdemamixState(NamedTuple):
+    count: jax.Array
+    mu: Any  # fast EMA, β₁
+    mu_slow: Any  # slow EMA, β₃, never bias-corrected
+    nu: Any
+
+
+class AdemamixMoments(NamedTuple):
+    mu: Any
+    mu_slow: Any
+    nu: Any
 
 
 class ScaleByRpropState(NamedTuple):
@@ -442,5 +456,104 @@ def scale_by_adan(
 
         out = jax.tree.map(leaf, mu, delta, nx.safe_sqrt(nu_hat), updates)
         return out, nx.block_state(ScaleByAdanState, AdanMoments, own, mu, delta, nu, prev)
+
+    return GradientTransformation(init, update)
+
+
+def _quarter_power(count):
+    return count.astype(nx.scalar_dtype()) ** 0.25
+
+
+def scale_by_adopt(
+    b1: float = 0.9, b2: float = 0.9999, eps: float = 1e-6, *, nesterov: bool = False, use_clipping: bool = True,
+    clip_value_fn=_quarter_power, mu_dtype: Optional[Any] = None, nu_dtype: Optional[Any] = None,
+    count: Optional[jax.Array] = None,
+) -> GradientTransformation:
+    """ADOPT's direction (Taniguchi et al., 2024, Algorithm 2, with clipping).
+
+        step 1:  v = |g|²,  u = 0                     (the paper's v₀ = g₀², no parameter step)
+        then:    m ← β₁·m + (1 − β₁)·clip(g / max(√v, ε), c),   u = m,   v ← β₂·v + (1 − β₂)·|g|²
+
+    The gradient is normalised by the *previous* v, so g and v are
+    independent. c = ``clip_value_fn(k)`` with k the updates applied before
+    this one (c = k^¼, the paper's t^¼, by default); ``use_clipping=False``
+    drops it (Algorithm 1). ``nesterov`` as optax: u = β₁·m + (1 − β₁)·clip(...).
+    optax.contrib.adopt's arguments and defaults. ``count`` as in :func:`adaptx.scale_by_adam`.
+    """
+    for name, value in (("b1", b1), ("b2", b2), ("eps", eps)):
+        check_range(name, value)
+
+    def init(params):
+        mu, nu = nx.zeros_like_tree(params, mu_dtype), nx.zeros_like_tree(params, nu_dtype, real=True)
+        return nx.block_state(ScaleByAdamState, AdamMoments, nx.initial_count(count), mu, nu)
+
+    def update(updates, state, params=None, **extra_args):
+        check_tree_match(updates, state.mu, "first moment")
+        step, own = nx.this_step(count, state)
+        first = step == 1
+        limit = jnp.asarray(clip_value_fn(step - 1), nx.scalar_dtype()) if use_clipping else None
+        roots = nx.safe_sqrt(state.nu)
+
+        def leaf(mu, nu, root, g):
+            square = nx.abs_sq(g, nu)
+            normalised = g.astype(mu.dtype) / jnp.maximum(root, nx.cast(eps, root)).astype(mu.dtype)
+            if use_clipping:
+                bound = limit.astype(nu.dtype)
+                if jnp.iscomplexobj(normalised):
+                    normalised = jax.lax.complex(jnp.clip(normalised.real, -bound, bound),
+                                                 jnp.clip(normalised.imag, -bound, bound))
+                else:
+                    normalised = jnp.clip(normalised, -bound, bound)
+            new_mu = nx.ema(mu, normalised, b1)
+            out = nx.ema(new_mu, normalised, b1) if nesterov else new_mu
+            zero = jnp.zeros([], mu.dtype)
+            return (jnp.where(first, mu, new_mu), jnp.where(first, square, nx.ema(nu, square, b2)),
+                    jnp.where(first, zero, out).astype(g.dtype))
+
+        mu, nu, out = nx.unzip(jax.tree.map(leaf, state.mu, state.nu, roots, updates), updates, 3)
+        return out, nx.block_state(ScaleByAdamState, AdamMoments, own, mu, nu)
+
+    return GradientTransformation(init, update)
+
+
+def scale_by_ademamix(
+    b1: float = 0.9, b2: float = 0.999, b3: float = 0.9999, alpha: float = 5.0, eps: float = 1e-8,
+    eps_root: float = 0.0, *, mu_dtype: Optional[Any] = None, nu_dtype: Optional[Any] = None,
+    count: Optional[jax.Array] = None,
+) -> GradientTransformation:
+    """AdEMAMix's direction (Pagliardini et al., 2024, Algorithm 1): a fast and a slow EMA.
+
+        m₁ ← β₁·m₁ + (1 − β₁)·g,   m₂ ← β₃·m₂ + (1 − β₃)·g,   v ← β₂·v + (1 − β₂)·|g|²
+        u = (m₁ / (1 − β₁ᵗ) + α·m₂) / (√(v / (1 − β₂ᵗ) + ε_root) + ε)
+
+    m₂ is not bias-corrected (the paper lets it fill slowly). The paper's α
+    and β₃ warm-ups are schedules of the step: in :func:`adaptx.ademamix` pass
+    them as ``alpha`` / ``b3`` (read at the updates applied so far, as optax).
+    ``count`` as in :func:`adaptx.scale_by_adam`.
+    """
+    for name, value in (("b1", b1), ("b2", b2), ("b3", b3), ("alpha", alpha), ("eps", eps), ("eps_root", eps_root)):
+        check_range(name, value)
+
+    def init(params):
+        mu, slow = nx.zeros_like_tree(params, mu_dtype), nx.zeros_like_tree(params, mu_dtype)
+        return nx.block_state(ScaleByAdemamixState, AdemamixMoments, nx.initial_count(count), mu, slow,
+                              nx.zeros_like_tree(params, nu_dtype, real=True))
+
+    def update(updates, state, params=None, **extra_args):
+        check_tree_match(updates, state.mu, "first moment")
+        step, own = nx.this_step(count, state)
+        bias1, bias2 = nx.bias_correction(b1, step), nx.bias_correction(b2, step)
+
+        def moments(mu, slow, nu, g):
+            mu, slow, nu = nx.ema(mu, g, b1), nx.ema(slow, g, b3), nx.ema(nu, nx.abs_sq(g, nu), b2)
+            nu_hat = nu / nx.cast(bias2, nu)
+            return mu, slow, nu, nu_hat + nx.cast(eps_root, nu) if not _is_zero(eps_root) else nu_hat
+
+        mu, slow, nu, nu_hat = nx.unzip(jax.tree.map(moments, state.mu, state.mu_slow, state.nu, updates), updates, 4)
+        out = jax.tree.map(
+            lambda m, s, root, g: ((m / nx.cast(bias1, m) + nx.cast(alpha, s) * s)
+                                   / (root + nx.cast(eps, root))).astype(g.dtype),
+            mu, slow, nx.safe_sqrt(nu_hat), updates)
+        return out, nx.block_state(ScaleByAdemamixState, AdemamixMoments, own, mu, slow, nu)
 
     return GradientTransformation(init, update)

@@ -7,7 +7,7 @@ here), except where a docstring says otherwise.
 from adaptx._src.adam import scale_by_adam, scale_by_adamax, scale_by_nadam
 from adaptx._src.base import GradientTransformation, chain
 from adaptx._src.family import (
-    scale_by_adan, scale_by_belief, scale_by_lion, scale_by_novograd, scale_by_radam, scale_by_rprop,
+    scale_by_ademamix, scale_by_adan, scale_by_adopt, scale_by_belief, scale_by_lion, scale_by_novograd, scale_by_radam, scale_by_rprop,
     scale_by_trust_ratio, scale_by_yogi,
 )
 from adaptx._src.groups import masked
@@ -215,3 +215,45 @@ def adan(learning_rate, b1=0.98, b2=0.92, b3=0.99, eps=1e-8, eps_root=1e-8, weig
 
     return with_hyperparams(build, rates=("b1", "b2", "b3"), learning_rate=learning_rate, b1=b1, b2=b2, b3=b3,
                             eps=eps, eps_root=eps_root, weight_decay=weight_decay)
+
+
+def adopt(learning_rate, b1=0.9, b2=0.9999, eps=1e-6, mu_dtype=None, *, nesterov=False, use_clipping=True,
+          clip_value_fn=None, nu_dtype=None) -> GradientTransformation:
+    """ADOPT (Taniguchi et al., 2024): the gradient normalised by the previous second moment, then averaged.
+
+        m ← β₁·m + (1 − β₁)·clip(g / max(√v_prev, ε), k^¼),    θ ← θ − η·m    (no step on the first update)
+
+    (see :func:`adaptx.scale_by_adopt`); optax.contrib.adopt's arguments and
+    defaults (``clip_value_fn=None`` is its k ↦ k^¼).
+    """
+    clip = {} if clip_value_fn is None else {"clip_value_fn": clip_value_fn}
+
+    def build(count, learning_rate, b1, b2, eps):
+        return chain(
+            scale_by_adopt(b1, b2, eps, nesterov=nesterov, use_clipping=use_clipping, mu_dtype=mu_dtype,
+                           nu_dtype=nu_dtype, count=count, **clip),
+            scale_by_learning_rate(learning_rate),
+        )
+
+    return with_hyperparams(build, rates=_ADAM_RATES, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps)
+
+
+def ademamix(learning_rate, b1=0.9, b2=0.999, b3=0.9999, alpha=5.0, eps=1e-8, eps_root=0.0, mu_dtype=None,
+             weight_decay=0.0, mask=None, *, nu_dtype=None) -> GradientTransformation:
+    """AdEMAMix (Pagliardini et al., 2024): Adam plus α times a slow, uncorrected EMA of g.
+
+        θ ← θ − η·((m̂₁ + α·m₂) / (√v̂ + ε) + λ·θ)
+
+    (see :func:`adaptx.scale_by_ademamix`); optax.contrib.ademamix's arguments
+    and defaults. ``alpha`` and ``b3`` may be schedules ``count -> value`` (the
+    paper's warm-ups), like the learning rate.
+    """
+    def build(count, learning_rate, b1, b2, b3, alpha, eps, eps_root, weight_decay):
+        return chain(
+            scale_by_ademamix(b1, b2, b3, alpha, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, count=count),
+            _decay(weight_decay, mask),
+            scale_by_learning_rate(learning_rate),
+        )
+
+    return with_hyperparams(build, rates=("b1", "b2", "b3"), learning_rate=learning_rate, b1=b1, b2=b2, b3=b3,
+                            alpha=alpha, eps=eps, eps_root=eps_root, weight_decay=weight_decay)
