@@ -19,7 +19,7 @@ from adaptx._src.validate import RANGE_OF, RANGES, check_range, check_tree_match
 RANGES.update(
     threshold=(0.0, math.inf, True, False),
     b3=(0.0, 1.0, True, False),
-    alpha=(0.0, math.inf, True, False),
+    ademamix_alpha=(0.0, math.inf, True, False),
     initial_accumulator_value=(0.0, math.inf, True, False),
 )
 RANGES.update(
@@ -28,7 +28,7 @@ RANGES.update(
     min_step_size=(0.0, math.inf, True, False),
     max_step_size=(0.0, math.inf, False, False),
 )
-RANGE_OF.update(threshold="threshold", b3="b3", alpha="alpha", initial_accumulator_value="initial_accumulator_value",
+RANGE_OF.update(threshold="threshold", b3="b3", initial_accumulator_value="initial_accumulator_value",
                 eta_minus="eta_minus", eta_plus="eta_plus", min_step_size="min_step_size",
                 max_step_size="max_step_size")
 
@@ -531,8 +531,9 @@ def scale_by_ademamix(
     them as ``alpha`` / ``b3`` (read at the updates applied so far, as optax).
     ``count`` as in :func:`adaptx.scale_by_adam`.
     """
-    for name, value in (("b1", b1), ("b2", b2), ("b3", b3), ("alpha", alpha), ("eps", eps), ("eps_root", eps_root)):
+    for name, value in (("b1", b1), ("b2", b2), ("b3", b3), ("eps", eps), ("eps_root", eps_root)):
         check_range(name, value)
+    check_range("alpha", alpha, "ademamix_alpha")  # "alpha" alone is torch RMSprop's decay (compat.torch)
 
     def init(params):
         mu, slow = nx.zeros_like_tree(params, mu_dtype), nx.zeros_like_tree(params, mu_dtype)
