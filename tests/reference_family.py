@@ -283,3 +283,42 @@ class AdEMAMix(Reference):
                 np.sqrt(self.v[i] / (1 - b2 ** t) + self.eps_root) + self.eps)
             out.append(d + self.weight_decay * params[i])
         return out
+
+
+class ScheduleFreeAdamW(Reference):
+    """Defazio et al. (2024), Algorithm 1 (AdamW), with v̂ = v/(1 − β₂ᵗ) under the root as optax does
+    (the paper folds √(1 − β₂ᵗ) into γₜ). x and z are kept; y = (1 − β₁)z + β₁x are the params.
+
+        γₜ = γ·min(1, t/T),  v ← β₂v + (1 − β₂)g²,  z ← z − γₜ(g/(√v̂ + ε) + λy)
+        c = (maxᵢ≤ₜ γᵢ)^p / Σ (maxᵢ≤ⱼ γᵢ)^p,  x ← (1 − c)x + cz;   ``step`` returns y_new − y
+    """
+
+    def __init__(self, params, learning_rate=2.5e-3, warmup_steps=None, b1=0.9, b2=0.999, eps=1e-8,
+                 weight_decay=0.0, weight_lr_power=2.0):
+        super().__init__(learning_rate)
+        self.b1, self.b2, self.eps, self.wd, self.power, self.warmup = b1, b2, eps, weight_decay, weight_lr_power, warmup_steps
+        self.x, self.z = as_float(params), as_float(params)
+        self.v = zeros_like(params)
+        self.max_lr, self.weight_sum = 0.0, 0.0
+
+    def step(self, grads, params=None):
+        self.t += 1
+        t, b1, b2 = self.t, self.b1, self.b2
+        lr = self.learning_rate * (min(1.0, t / self.warmup) if self.warmup else 1.0)
+        self.max_lr = max(self.max_lr, lr)
+        weight = self.max_lr ** self.power
+        self.weight_sum += weight
+        c = weight / self.weight_sum if self.weight_sum > 0 else 0.0
+        out = []
+        for i, g in enumerate(grads):
+            g = np.asarray(g, np.float64)
+            y = (1 - b1) * self.z[i] + b1 * self.x[i]
+            self.v[i] = b2 * self.v[i] + (1 - b2) * g * g
+            self.z[i] = self.z[i] - lr * (g / (np.sqrt(self.v[i] / (1 - b2 ** t)) + self.eps) + self.wd * y)
+            self.x[i] = (1 - c) * self.x[i] + c * self.z[i]
+            out.append((1 - b1) * self.z[i] + b1 * self.x[i] - y)
+        return out
+
+
+def as_float(leaves):
+    return [np.array(leaf, np.float64) for leaf in leaves]

@@ -95,6 +95,7 @@ CASES = {
     "torch_adamax": lambda: T.Adamax(weight_decay=0.01),
     "torch_nadam": lambda: T.NAdam(),
     "torch_nadamw": lambda: T.NAdam(weight_decay=0.01, decoupled_weight_decay=True),
+    "schedule_free_adamw": lambda: adaptx.schedule_free_adamw(0.01, warmup_steps=3, weight_decay=0.01),
     "torch_radam": lambda: T.RAdam(weight_decay=0.01, decoupled_weight_decay=True),
     "torch_rprop": lambda: T.Rprop(maximize=True),
     # the adaptive family's blocks, one chain (one compilation)

@@ -39,6 +39,7 @@ FAMILY_SAMPLERS = {
     "max_step_size": lambda rng: log_uniform(rng, 1.0, 50.0),
     "b3": lambda rng: uniform(rng, 0.9, 0.999),
     "alpha": lambda rng: uniform(rng, 1.0, 10.0),
+    "weight_lr_power": lambda rng: uniform(rng, 0.0, 3.0),
 }
 
 ADAM = ("learning_rate", "b1", "b2", "eps")
@@ -109,6 +110,34 @@ def test_matches_paper_reference(case):
     assert error <= TOLERANCE, f"{case.id} with {settable}: {error:.3g} at step {step}, leaf {leaf}"
 
 
+# Schedule-free updates are differences y_new − y of O(1) params, so float32 holds them only to
+# ulp(y): these cases compare the params themselves, each leaf relative to its own scale.
+SCHEDULE_FREE = [
+    Case("schedule_free_adamw", adaptx.schedule_free_adamw, ref.ScheduleFreeAdamW,
+         ADAM + ("weight_decay", "weight_lr_power")),
+    Case("schedule_free_adamw-warmup", adaptx.schedule_free_adamw, ref.ScheduleFreeAdamW, ADAM + ("weight_decay",),
+         {"warmup_steps": 30}),
+]
+
+
+@pytest.mark.parametrize("case", SCHEDULE_FREE, ids=lambda case: case.id)
+def test_schedule_free_params_match_paper_reference(case):
+    rng, params, grads = _problem(case)
+    values = _draw(case, rng)
+    tx = case.make(**values, **case.options)
+    _, seen = trajectory(tx)(tx.init(params), params, grads, STEPS)
+    model = case.reference(jax.tree.leaves(params), **values, **case.options)
+    leaves = jax.tree.leaves(grads)
+    worst = 0.0
+    for t in range(STEPS - 1):
+        model.step([g[t] for g in leaves])
+        for i, y in enumerate(jax.tree.leaves(seen[t + 1])):
+            want = (1 - model.b1) * model.z[i] + model.b1 * model.x[i]
+            if want.size:
+                worst = max(worst, np.max(np.abs(y - want)) / np.max(np.abs(want)))
+    assert worst <= TOLERANCE, f"{case.id} with {values}: {worst:.3g}"
+
+
 LR, EPS = p_log_uniform(1e-4, 1e-1), p_log_uniform(1e-10, 1e-3)
 B1, B2 = p_uniform(0.0, 0.99), p_uniform(0.9, 0.999)
 WD = p_log_uniform(1e-4, 1e-1)
@@ -141,6 +170,8 @@ OPTAX_CASES = [
      lambda h: adaptx.adopt(**h, nesterov=True), {**ADAM_SPACE, "eps": p_log_uniform(1e-8, 1e-4)}),
     ("ademamix", optax.contrib.ademamix, lambda h: adaptx.ademamix(**h),
      {**ADAM_SPACE, "b3": p_uniform(0.99, 0.9999), "alpha": p_uniform(1.0, 10.0), "weight_decay": WD}),
+    ("schedule_free_adamw", optax.contrib.schedule_free_adamw, lambda h: adaptx.schedule_free_adamw(**h),
+     {**ADAM_SPACE, "weight_decay": WD, "weight_lr_power": p_uniform(0.0, 3.0)}),
     # the paper's warm-ups as schedules of the step (read at the updates applied so far, both sides)
     ("ademamix-schedules", lambda **h: optax.contrib.ademamix(**h, alpha=ALPHA_WARMUP, b3=B3_WARMUP),
      lambda h: adaptx.ademamix(**h, alpha=ALPHA_WARMUP, b3=B3_WARMUP), ADAM_SPACE),
@@ -181,3 +212,15 @@ def test_optax_rprop_is_the_same_rule_one_step_late():
         want.append(np.asarray(u))
     assert not np.any(want[0])
     np.testing.assert_allclose(np.stack(want[1:]), np.stack(got[:-1]), rtol=1e-6)
+
+
+def test_schedule_free_eval_params_match_optax(optax_problem):
+    """x = (y − (1 − β₁)z)/β₁ after 200 steps, from adaptx's state and from optax's."""
+    h = {"learning_rate": 1e-2, "b1": 0.8, "weight_decay": 1e-3}
+    params, grads = optax_problem
+    want, want_state = p_trajectory(("optax-family", "schedule_free_adamw-eval"),
+                                    optax.contrib.schedule_free_adamw(**h), params, grads)
+    got, got_state = p_trajectory(("adaptx-family", "schedule_free_adamw-eval"),
+                                  adaptx.schedule_free_adamw(**h), params, grads)
+    assert relative_deviation(adaptx.schedule_free_eval_params(got_state, got),
+                              optax.contrib.schedule_free_eval_params(want_state, want)) <= 1e-5

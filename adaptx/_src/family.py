@@ -558,3 +558,41 @@ def scale_by_ademamix(
         return out, nx.block_state(ScaleByAdemamixState, AdemamixMoments, own, mu, slow, nu)
 
     return GradientTransformation(init, update)
+
+
+class CorrectedRmsState(NamedTuple):
+    count: jax.Array
+    nu: Any
+
+
+class CorrectedRmsMoment(NamedTuple):
+    nu: Any
+
+
+def scale_by_corrected_rms(
+    b2: float = 0.999, eps: float = 1e-8, *, nu_dtype: Optional[Any] = None, count: Optional[jax.Array] = None,
+) -> GradientTransformation:
+    """Adam's direction without the first moment (schedule-free AdamW's base step, Defazio et al., 2024).
+
+        v ← β₂·v + (1 − β₂)·|g|²,    u = g / (√(v / (1 − β₂ᵗ)) + ε)
+
+    ``count`` as in :func:`adaptx.scale_by_adam`.
+    """
+    check_range("b2", b2)
+    check_range("eps", eps)
+
+    def init(params):
+        return nx.block_state(CorrectedRmsState, CorrectedRmsMoment, nx.initial_count(count),
+                              nx.zeros_like_tree(params, nu_dtype, real=True))
+
+    def update(updates, state, params=None, **extra_args):
+        check_tree_match(updates, state.nu, "second moment")
+        step, own = nx.this_step(count, state)
+        bias2 = nx.bias_correction(b2, step)
+        nu = jax.tree.map(lambda v, g: nx.ema(v, nx.abs_sq(g, v), b2), state.nu, updates)
+        roots = nx.safe_sqrt(jax.tree.map(lambda v: v / nx.cast(bias2, v), nu))
+        out = jax.tree.map(lambda g, root: (g.astype(nx.accumulator_dtype(g)) / (root + nx.cast(eps, root))).astype(g.dtype),
+                           updates, roots)
+        return out, nx.block_state(CorrectedRmsState, CorrectedRmsMoment, own, nu)
+
+    return GradientTransformation(init, update)

@@ -4,14 +4,17 @@ Pure composition, as in ``aliases``: argument names and defaults follow
 optax's function of the same name (the learning rate is required there, and
 here), except where a docstring says otherwise.
 """
+import jax.numpy as jnp
+
 from adaptx._src.adam import scale_by_adam, scale_by_adamax, scale_by_nadam
 from adaptx._src.base import GradientTransformation, chain
 from adaptx._src.family import (
-    scale_by_ademamix, scale_by_adan, scale_by_adopt, scale_by_belief, scale_by_lion, scale_by_novograd, scale_by_radam, scale_by_rprop,
+    scale_by_ademamix, scale_by_adan, scale_by_adopt, scale_by_belief, scale_by_corrected_rms, scale_by_lion, scale_by_novograd, scale_by_radam, scale_by_rprop,
     scale_by_trust_ratio, scale_by_yogi,
 )
 from adaptx._src.groups import masked
 from adaptx._src.hyperparams import with_hyperparams
+from adaptx._src.schedule_free import schedule_free
 from adaptx._src.transforms import add_decayed_weights, scale, scale_by_learning_rate
 
 _ADAM_RATES = ("b1", "b2")
@@ -259,3 +262,28 @@ def ademamix(learning_rate, b1=0.9, b2=0.999, b3=0.9999, alpha=5.0, eps=1e-8, ep
 
     return with_hyperparams(build, rates=("b1", "b2", "b3"), learning_rate=learning_rate, b1=b1, b2=b2, b3=b3,
                             alpha=alpha, eps=eps, eps_root=eps_root, weight_decay=weight_decay)
+
+
+def schedule_free_adamw(learning_rate=2.5e-3, warmup_steps=None, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+                        weight_lr_power=2.0, *, state_dtype=None, nu_dtype=None) -> GradientTransformation:
+    """Schedule-free AdamW (Defazio et al., 2024, Algorithm 1): no momentum buffer, no decay schedule.
+
+        ηₜ = η·min(1, t/T_warmup),   z ← z − ηₜ·(g/(√v̂ + ε) + λ·y),   x ← (1 − c)·x + c·z,   y = β₁x + (1 − β₁)z
+
+    with g taken at the params y and c = (max ηᵢ)^p / Σ (max ηᵢ)^p (see
+    :func:`adaptx.schedule_free`); evaluate at :func:`adaptx.schedule_free_eval_params`.
+    optax.contrib.schedule_free_adamw's arguments and defaults. The paper folds
+    √(1 − β₂ᵗ) into ηₜ (ε then meets the uncorrected √v, and the weights c see
+    the corrected ηₜ); optax and this divide v by 1 − β₂ᵗ and weigh by the
+    warmed-up η. ``warmup_steps`` only shapes the schedule: a construction argument.
+    """
+    def build(count, learning_rate, b1, b2, eps, weight_decay, weight_lr_power):
+        lr = learning_rate
+        if warmup_steps:
+            lr = learning_rate * jnp.minimum(1.0, (count + 1) / warmup_steps)
+        base = chain(scale_by_corrected_rms(b2, eps, nu_dtype=nu_dtype, count=count),
+                     add_decayed_weights(weight_decay), scale_by_learning_rate(lr))
+        return schedule_free(base, lr, b1, weight_lr_power, state_dtype=state_dtype)
+
+    return with_hyperparams(build, rates=_ADAM_RATES, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
+                            weight_decay=weight_decay, weight_lr_power=weight_lr_power)
