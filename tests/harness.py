@@ -150,6 +150,13 @@ STEP_COST = {
     # decay 3, m 3, v 4, √(v/(1 − β₂ᵗ)) + ε 3, μₜ₊₁ = β₁(1 − ½·0.96^((t+1)ψ)) 3, ∏μ 1,
     # 1 − ∏μ·μₜ₊₁ 2, ημₜ₊₁/· 2, ·m/· 2, θ + u 1; 0.96^(tψ), 0.96^((t+1)ψ), 1 − β₂ᵗ 4
     "nadam": (24, 4),
+    # g + λθ 2, c = β₁m + (1 − β₁)g 3, sign(c) exact, ·η 1, θ + u 1, m ← β₂m + (1 − β₂)g 3
+    "lion": (10, 0),
+    # adam's chain 20 and 4, plus ρₜ = ρ∞ − 2tβ₂ᵗ/(1 − β₂ᵗ) 4 and 1, rₜ = √((ρₜ − 4)(ρₜ − 2)ρ∞ /
+    # ((ρ∞ − 4)(ρ∞ − 2)ρₜ)) 8 and its use 2; βᵗ by a power 1
+    "radam": (34, 6),
+    # sign products and step size η± products, clamped: exact but θ − sign·step 1
+    "rprop": (2, 0),
     # the blocks alone
     "ema": (3, 0),  # βm + (1 − β)g
     "trace": (4, 0),  # βm + g, Nesterov g + βm

@@ -41,6 +41,7 @@ from adaptx._src.adam import AdamaxMoments, AdamMoments, AmsgradMoments, NadamMo
 from adaptx.compat import keras as kx
 from adaptx._src.moments import MomentState
 from adaptx._src.scaling import AccumulatorState, AdadeltaState, RmsState
+from adaptx._src.family import ScaleByLionState
 
 if keras.backend.backend() != "jax":
     raise RuntimeError(
@@ -61,7 +62,9 @@ def bound(preset, options=(), extra=(0, 0)):
     """rounding_bound between two float32 programs: STEPS steps of ``preset`` with ``options``."""
     costs = [step_cost(preset), extra] + [EXTRA_COST.get(option, (0, 0)) for option in options]
     return rounding_bound(STEPS, sum(c[0] for c in costs), sum(c[1] for c in costs), implementations=2)
-PRESETS = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adadelta", "Adamax", "Nadam"]
+
+
+PRESETS = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adadelta", "Adamax", "Nadam", "Lion"]
 # A matrix, and nested in a list a scalar and an empty leaf (keras accepts it).
 SHAPES = {"matrix": (3, 4), "nested": [(), (0, 3)]}
 
@@ -97,6 +100,7 @@ OWN = {
     "Adadelta": ["learning_rate", "rho", "epsilon"],
     "Adamax": ["learning_rate", "beta_1", "beta_2", "epsilon"],
     "Nadam": ["learning_rate", "beta_1", "beta_2", "epsilon"],
+    "Lion": ["learning_rate", "beta_1", "beta_2"],
 }
 # keras optimizer attribute -> (adaptx state type, field, sign): the state both keep.
 _ADAM_STATE = {"_momentums": ((AdamMoments, AmsgradMoments), "mu", 1),
@@ -114,6 +118,7 @@ STATE = {
     "Adamax": {"_m": (AdamaxMoments, "mu", 1), "_u": (AdamaxMoments, "nu", 1)},
     "Nadam": {"_momentums": (NadamMoments, "mu", 1), "_velocities": (NadamMoments, "nu", 1),
               "_u_product": (NadamMoments, "mu_product", 1)},
+    "Lion": {"_momentums": (ScaleByLionState, "mu", 1)},
 }
 
 
@@ -150,6 +155,8 @@ CASES = [
     case("Adamax", "weight_decay", "global_clipnorm"),
     case("Nadam"),
     case("Nadam", "weight_decay", "clipvalue"),
+    case("Lion", exact=True),
+    case("Lion", "weight_decay", "global_clipnorm"),
 ]
 
 

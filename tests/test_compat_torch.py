@@ -33,6 +33,7 @@ from adaptx._src.adam import AdamaxMoments, AdamMoments, AmsgradMoments, NadamMo
 from adaptx.compat import torch as compat
 from adaptx._src.moments import DampedMomentState, MomentState
 from adaptx._src.scaling import AccumulatorState, AdadeltaState, RmsState
+from adaptx._src.family import ScaleByRpropState
 from _parity import (TRACES, STEPS, identical, log_uniform, random_grads, random_params,
                      relative_deviation, trajectory, uniform)
 from harness import rounding_bound, step_cost
@@ -76,6 +77,10 @@ CASES = [
     *[("Adamax", options, ADAM) for options in ({}, {"maximize": True})],
     *[("NAdam", options, {**ADAM, "momentum_decay": log_uniform(1e-4, 1e-1)})
       for options in ({}, {"decoupled_weight_decay": True}, {"maximize": True})],
+    *[("RAdam", options, ADAM) for options in ({}, {"decoupled_weight_decay": True, "maximize": True})],
+    *[("Rprop", options, {"lr": LR, "etas": lambda rng: (uniform(0.2, 0.8)(rng), uniform(1.05, 1.5)(rng)),
+                          "step_sizes": lambda rng: (log_uniform(1e-7, 1e-5)(rng), log_uniform(1.0, 50.0)(rng))})
+      for options in ({}, {"maximize": True})],
 ]
 
 # torch's state name -> where adaptx keeps the same numbers (state type, field).
@@ -89,6 +94,8 @@ STATE = {
     "exp_avg_sq": [(AdamMoments, "nu"), (AmsgradMoments, "nu"), (NadamMoments, "nu")],
     "max_exp_avg_sq": [(AmsgradMoments, "nu_max")],
     "exp_inf": [(AdamaxMoments, "nu")],
+    "prev": [(ScaleByRpropState, "prev")],
+    "step_size": [(ScaleByRpropState, "step_size")],
 }
 
 
@@ -205,7 +212,8 @@ def test_matches_torch_on_fixed_gradients(case, problem):
 # compiler chooses (XLA fuses where the ISA has FMA; ATen's AVX2 and AVX-512 kernels do,
 # its default ones do not): exact wherever XLA and ATen choose alike, which FMA_PROBE
 # tells; elsewhere within the bound of those operations.
-BIT_IDENTICAL = {"SGD": ("params", 2), "Adagrad": ("sum", 2), "Adamax": ("exp_inf", None)}
+# Rprop's step sizes are products by η± clamped by min/max: exact on every IEEE machine too.
+BIT_IDENTICAL = {"SGD": ("params", 2), "Adagrad": ("sum", 2), "Adamax": ("exp_inf", None), "Rprop": ("step_size", None)}
 
 # X² = 1 + 2⁻¹¹ + 2⁻²⁴ is no float32: rounded by itself it ties to 1 + 2⁻¹¹ (the even
 # neighbour), and a sum it enters shows whether it was: (kwargs, start, gradients).
@@ -268,6 +276,8 @@ LOSS_CASES = {
     "Adadelta": {"lr": 1.0, "weight_decay": 1e-3},
     "Adamax": {"lr": 1e-2, "weight_decay": 1e-3},
     "NAdam": {"lr": 1e-2, "weight_decay": 1e-2, "decoupled_weight_decay": True},
+    "RAdam": {"lr": 1e-2, "weight_decay": 1e-2, "decoupled_weight_decay": True},
+    "Rprop": {"lr": 1e-3, "etas": (0.4, 1.1)},
 }
 
 

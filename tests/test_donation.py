@@ -95,6 +95,16 @@ CASES = {
     "torch_adamax": lambda: T.Adamax(weight_decay=0.01),
     "torch_nadam": lambda: T.NAdam(),
     "torch_nadamw": lambda: T.NAdam(weight_decay=0.01, decoupled_weight_decay=True),
+    "schedule_free_adamw": lambda: adaptx.schedule_free_adamw(0.01, warmup_steps=3, weight_decay=0.01),
+    "torch_radam": lambda: T.RAdam(weight_decay=0.01, decoupled_weight_decay=True),
+    "torch_rprop": lambda: T.Rprop(maximize=True),
+    # the adaptive family's blocks, one chain (one compilation)
+    "family_blocks": lambda: adaptx.chain(
+        adaptx.scale_by_radam(nesterov=True), adaptx.scale_by_belief(), adaptx.scale_by_yogi(),
+        adaptx.scale_by_lion(), adaptx.add_decayed_weights(0.01), adaptx.scale_by_trust_ratio(),
+        adaptx.scale_by_rprop(0.01), adaptx.scale_by_novograd(weight_decay=0.01), adaptx.scale_by_adan(),
+        adaptx.scale_by_adopt(), adaptx.scale_by_ademamix(),
+        adaptx.scale_by_learning_rate(0.01)),
     # adaptx.compat.keras
     "keras_sgd": lambda: K.SGD(0.1),
     "keras_sgd_nesterov": lambda: K.SGD(0.1, momentum=0.9, nesterov=True, clipnorm=1.0),
@@ -108,6 +118,7 @@ CASES = {
     "keras_adadelta": lambda: K.Adadelta(1.0, clipvalue=0.5),
     "keras_adamax": lambda: K.Adamax(0.01),
     "keras_nadam": lambda: K.Nadam(0.01, weight_decay=0.01, loss_scale_factor=2.0),
+    "keras_lion": lambda: K.Lion(0.01, weight_decay=0.01),
     "keras_sgd_schedule": lambda: K.SGD(lambda step: 0.1 / (1.0 + step), momentum=0.9),
     # wrappers
     "skip_nonfinite": lambda: adaptx.skip_nonfinite(adaptx.adam(0.01)),

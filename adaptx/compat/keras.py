@@ -398,3 +398,29 @@ def Nadam(
     return _keras_optimizer(
         _then_learning_rate(direction), arguments, ("learning_rate", "beta_1", "beta_2", "epsilon")
     )
+
+
+# ---- the adaptive family (issue 13) -------------------------------------------------------
+
+from adaptx._src.family import scale_by_lion  # noqa: E402
+
+__all__ += ["Lion"]
+
+
+def Lion(
+    learning_rate=0.001, beta_1=0.9, beta_2=0.99, weight_decay=None, clipnorm=None,
+    clipvalue=None, global_clipnorm=None, use_ema=False, ema_momentum=0.99,
+    ema_overwrite_frequency=None, loss_scale_factor=None, gradient_accumulation_steps=None, name=None,
+) -> GradientTransformation:
+    """``keras.optimizers.Lion``: θ ← θ − η·sign(β₁·m + (1 − β₁)·g),  m ← β₂·m + (1 − β₂)·g.
+
+    :func:`adaptx.scale_by_lion` with keras' 1 − β taken in float32 from the
+    float32 β; decay as keras' base optimizer. keras accepts β₁ = 1, adaptx
+    asks β₁ < 1 as for every decay rate.
+    """
+    arguments = locals()
+
+    def direction(count, beta_1, beta_2):
+        return scale_by_lion(nx.rate_value(beta_1), nx.rate_value(beta_2))
+
+    return _keras_optimizer(_then_learning_rate(direction), arguments, ("learning_rate", "beta_1", "beta_2"))

@@ -276,3 +276,64 @@ def NAdam(lr=2e-3, betas=BETAS, eps=1e-8, weight_decay=0, momentum_decay=4e-3,
 
     return with_hyperparams(build, rates=_BETAS, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                             weight_decay=weight_decay, momentum_decay=momentum_decay)
+
+
+# ---- the adaptive family (issue 13) -------------------------------------------------------
+
+from adaptx._src.family import scale_by_radam  # noqa: E402
+
+__all__ += ["RAdam"]
+
+
+def RAdam(lr=1e-3, betas=BETAS, eps=1e-8, weight_decay=0, decoupled_weight_decay=False, *, foreach=None,
+          maximize=False, capturable=False, differentiable=False) -> GradientTransformation:
+    """torch.optim.RAdam: rectified Adam with ρₜ > 5, ε added to √v before the bias correction.
+
+        g ← g + λθ,    ρₜ > 5: θ ← θ − lr·rₜ·m̂·√(1 − β₂ᵗ)/(√v + ε),    else θ ← θ − lr·m̂
+
+    (see :func:`adaptx.scale_by_radam`, ``eps_before_correction=True``); with
+    ``decoupled_weight_decay`` the decay is θ·(1 − lr·λ) instead (RAdamW).
+    """
+    _check_kernel_options(foreach, None, capturable, differentiable)
+    beta1, beta2 = _check(betas, lr=lr, eps=eps, weight_decay=weight_decay)
+
+    def build(count, lr, beta1, beta2, eps, weight_decay):
+        scaling = scale_by_radam(beta1, beta2, eps, 0.0, 5.0, eps_before_correction=True, count=count)
+        return _torch_order(maximize, weight_decay, scaling, lr, decoupled_weight_decay)
+
+    return with_hyperparams(build, rates=_BETAS, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
+
+
+from adaptx._src.family import scale_by_rprop  # noqa: E402
+
+__all__ += ["Rprop"]
+RANGE_OF.update(etaminus="eta_minus", etaplus="eta_plus", step_size_min="min_step_size",
+                step_size_max="max_step_size")
+
+
+def Rprop(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *, capturable=False, foreach=None, maximize=False,
+          differentiable=False) -> GradientTransformation:
+    """torch.optim.Rprop: Rprop without weight-backtracking, Δ₀ = lr.
+
+        Δ ← clip(Δ·(η₊ | η₋ | 1 by the sign of g·g_prev), Δmin, Δmax),  g ← 0 where it flipped,  θ ← θ − sign(g)·Δ
+
+    (see :func:`adaptx.scale_by_rprop`). ``etas`` are stored as ``etaminus``
+    and ``etaplus``, ``step_sizes`` as ``step_size_min`` and ``step_size_max``
+    (torch's names inside its step); ``lr`` seeds Δ at ``init`` only, as in
+    torch, so it is not a settable hyperparameter.
+    """
+    _check_kernel_options(foreach, None, capturable, differentiable)
+    _check(lr=lr)
+    etaminus, etaplus = etas
+    step_size_min, step_size_max = step_sizes
+    check_range("etas[0]", etaminus, "etaminus")
+    check_range("etas[1]", etaplus, "etaplus")
+    check_range("step_sizes[0]", step_size_min, "step_size_min")
+    check_range("step_sizes[1]", step_size_max, "step_size_max")
+
+    def build(count, etaminus, etaplus, step_size_min, step_size_max):
+        return chain(*([scale(-1.0)] if maximize else []),
+                     scale_by_rprop(lr, etaminus, etaplus, step_size_min, step_size_max), scale(-1.0))
+
+    return with_hyperparams(build, etaminus=etaminus, etaplus=etaplus, step_size_min=step_size_min,
+                            step_size_max=step_size_max)

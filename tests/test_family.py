@@ -1,0 +1,226 @@
+"""The adaptive family (issue 13) against float64 references from the papers and against optax.
+
+Reference: the inputs of ``test_reference`` (a mixed pytree, gradients over six
+decades with sparse zeros, hyperparameters drawn at random and rounded to
+float32), 100 steps, every leaf's worst error relative to its largest value,
+bound STEPS·2⁻²⁴·4 ≈ 2.4e-5: float32 rounding compounding over the steps a
+moment remembers. Measured worst per case in ``MEASURED``.
+
+optax: ``_parity``'s 200 steps on fixed gradients (1e-6..1e3), params to 1e-5
+per leaf as in test_optax_parity.
+"""
+import functools
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import adaptx
+import reference_family as ref
+from _parity import log_uniform as p_log_uniform, random_grads, random_params as p_random_params
+from _parity import relative_deviation, trajectory as p_trajectory, uniform as p_uniform
+from harness import gradient_sequence, log_uniform, random_params, trajectory, uniform, worst_error
+from test_reference import SAMPLERS, Case
+
+STEPS = 100
+TOLERANCE = STEPS * 2.0 ** -24 * 4
+
+FAMILY_SAMPLERS = {
+    **SAMPLERS,
+    "threshold": lambda rng: uniform(rng, 4.5, 8.0),
+    "initial_accumulator_value": lambda rng: log_uniform(rng, 1e-8, 1e-4),
+    "eps_root": lambda rng: log_uniform(rng, 1e-16, 1e-8),
+    "eta_minus": lambda rng: uniform(rng, 0.2, 0.8),
+    "eta_plus": lambda rng: uniform(rng, 1.05, 1.5),
+    "min_step_size": lambda rng: log_uniform(rng, 1e-7, 1e-5),
+    "max_step_size": lambda rng: log_uniform(rng, 1.0, 50.0),
+    "b3": lambda rng: uniform(rng, 0.9, 0.999),
+    "alpha": lambda rng: uniform(rng, 1.0, 10.0),
+    "weight_lr_power": lambda rng: uniform(rng, 0.0, 3.0),
+}
+
+ADAM = ("learning_rate", "b1", "b2", "eps")
+
+CASES = [
+    Case("radam", adaptx.radam, ref.RAdam, ADAM + ("eps_root", "threshold")),
+    Case("radam-nesterov", adaptx.radam, ref.RAdam, ADAM + ("threshold",), {"nesterov": True}),
+    Case("adabelief", adaptx.adabelief, ref.AdaBelief, ADAM + ("eps_root",)),
+    Case("adabelief-nesterov", adaptx.adabelief, ref.AdaBelief, ADAM, {"nesterov": True}),
+    Case("yogi", adaptx.yogi, ref.Yogi, ADAM + ("initial_accumulator_value",)),
+    Case("yogi-paper", adaptx.yogi, ref.Yogi, ADAM, {"bias_correction": False}),
+    Case("lion", adaptx.lion, ref.Lion, ("learning_rate", "b1", "b2", "weight_decay")),
+    Case("lamb", adaptx.lamb, ref.Lamb, ADAM + ("eps_root", "weight_decay")),
+    Case("nadamw", adaptx.nadamw, ref.NAdamW, ADAM + ("weight_decay", "momentum_decay")),
+    Case("nadamw-optax", adaptx.nadamw, ref.NAdamW, ADAM + ("weight_decay",), {"momentum_decay": None}),
+    Case("adamaxw", adaptx.adamaxw, ref.AdaMaxW, ADAM + ("weight_decay",)),
+    Case("novograd", adaptx.novograd, ref.NovoGrad, ("learning_rate", "b1", "b2", "eps", "weight_decay"),
+         samplers={"b2": lambda rng: uniform(rng, 0.1, 0.9)}),
+    Case("adan", adaptx.adan, ref.Adan, ADAM + ("b3", "eps_root", "weight_decay"),
+         samplers={"b1": lambda rng: uniform(rng, 0.9, 0.99), "b2": lambda rng: uniform(rng, 0.8, 0.99)}),
+    Case("adan-optax", adaptx.adan, ref.Adan, ADAM + ("b3",), {"diff_weight": 0.08}),
+    Case("adopt", adaptx.adopt, ref.Adopt, ADAM, samplers={"eps": lambda rng: log_uniform(rng, 1e-8, 1e-4)}),
+    Case("adopt-nesterov-unclipped", adaptx.adopt, ref.Adopt, ADAM, {"nesterov": True, "use_clipping": False},
+         samplers={"eps": lambda rng: log_uniform(rng, 1e-8, 1e-4)}),
+    Case("ademamix", adaptx.ademamix, ref.AdEMAMix, ADAM + ("b3", "alpha", "eps_root", "weight_decay")),
+    Case("rprop", adaptx.rprop, ref.Rprop,
+         ("learning_rate", "eta_minus", "eta_plus", "min_step_size", "max_step_size")),
+]
+BLOCKS = [
+    Case("scale_by_radam", adaptx.scale_by_radam, ref.RAdam, ("b1", "b2", "eps", "eps_root", "threshold"),
+         direction=True),
+    Case("scale_by_radam-torch", functools.partial(adaptx.scale_by_radam, eps_before_correction=True),
+         functools.partial(ref.RAdam, torch=True), ("b1", "b2", "eps"), direction=True),
+]
+
+
+def _draw(case, rng):
+    return {name: {**FAMILY_SAMPLERS, **case.samplers}[name](rng) for name in case.drawn}
+
+
+def _problem(case):
+    rng = np.random.default_rng(zlib.crc32(case.id.encode()))
+    params = random_params(rng)
+    return rng, params, gradient_sequence(params, STEPS, rng)
+
+
+def _error(case, run, state, params, grads, values):
+    updates, seen = run(state, params, grads, STEPS)
+    model = case.reference(jax.tree.leaves(params), **values, **case.options)
+    return worst_error(updates, seen, grads, model.direction if case.direction else model.step)
+
+
+@pytest.mark.parametrize("case", CASES + BLOCKS, ids=lambda case: case.id)
+def test_matches_paper_reference(case):
+    """Hyperparameters at construction, then a second draw through set_hyperparams, one compilation."""
+    rng, params, grads = _problem(case)
+    values = _draw(case, rng)
+    tx = case.make(**values, **case.options)
+    run = trajectory(tx)
+    error, step, leaf = _error(case, run, tx.init(params), params, grads, values)
+    assert error <= TOLERANCE, f"{case.id} with {values}: {error:.3g} at step {step}, leaf {leaf}"
+    if case.direction:
+        return
+    state = tx.init(params)
+    settable = {k: v for k, v in _draw(case, rng).items() if k in adaptx.hyperparams(state)}
+    state = adaptx.set_hyperparams(state, **settable)
+    error, step, leaf = _error(case, run, state, params, grads, {**values, **settable})
+    assert error <= TOLERANCE, f"{case.id} with {settable}: {error:.3g} at step {step}, leaf {leaf}"
+
+
+# Schedule-free updates are differences y_new − y of O(1) params, so float32 holds them only to
+# ulp(y): these cases compare the params themselves, each leaf relative to its own scale.
+SCHEDULE_FREE = [
+    Case("schedule_free_adamw", adaptx.schedule_free_adamw, ref.ScheduleFreeAdamW,
+         ADAM + ("weight_decay", "weight_lr_power")),
+    Case("schedule_free_adamw-warmup", adaptx.schedule_free_adamw, ref.ScheduleFreeAdamW, ADAM + ("weight_decay",),
+         {"warmup_steps": 30}),
+]
+
+
+@pytest.mark.parametrize("case", SCHEDULE_FREE, ids=lambda case: case.id)
+def test_schedule_free_params_match_paper_reference(case):
+    rng, params, grads = _problem(case)
+    values = _draw(case, rng)
+    tx = case.make(**values, **case.options)
+    _, seen = trajectory(tx)(tx.init(params), params, grads, STEPS)
+    model = case.reference(jax.tree.leaves(params), **values, **case.options)
+    leaves = jax.tree.leaves(grads)
+    worst = 0.0
+    for t in range(STEPS - 1):
+        model.step([g[t] for g in leaves])
+        for i, y in enumerate(jax.tree.leaves(seen[t + 1])):
+            want = (1 - model.b1) * model.z[i] + model.b1 * model.x[i]
+            if want.size:
+                worst = max(worst, np.max(np.abs(y - want)) / np.max(np.abs(want)))
+    assert worst <= TOLERANCE, f"{case.id} with {values}: {worst:.3g}"
+
+
+LR, EPS = p_log_uniform(1e-4, 1e-1), p_log_uniform(1e-10, 1e-3)
+B1, B2 = p_uniform(0.0, 0.99), p_uniform(0.9, 0.999)
+WD = p_log_uniform(1e-4, 1e-1)
+ADAM_SPACE = {"learning_rate": LR, "b1": B1, "b2": B2, "eps": EPS}
+
+ALPHA_WARMUP = lambda count: 8.0 * jnp.minimum(count / 100.0, 1.0)  # noqa: E731
+B3_WARMUP = lambda count: 0.9 + 0.0999 * jnp.minimum(count / 150.0, 1.0)  # noqa: E731
+
+# (id, optax optimizer, the adaptx call that reproduces it, hyperparameters drawn at random).
+OPTAX_CASES = [
+    ("radam", optax.radam, lambda h: adaptx.radam(**h), ADAM_SPACE),
+    ("radam-nesterov", functools.partial(optax.radam, nesterov=True),
+     lambda h: adaptx.radam(**h, nesterov=True), ADAM_SPACE),
+    ("adabelief", optax.adabelief, lambda h: adaptx.adabelief(**h), ADAM_SPACE),
+    ("adabelief-nesterov", functools.partial(optax.adabelief, nesterov=True),
+     lambda h: adaptx.adabelief(**h, nesterov=True), ADAM_SPACE),
+    ("yogi", optax.yogi, lambda h: adaptx.yogi(**h), {**ADAM_SPACE, "eps": p_log_uniform(1e-4, 1e-2)}),
+    ("lion", optax.lion, lambda h: adaptx.lion(**h),
+     {"learning_rate": LR, "b1": B1, "b2": B2, "weight_decay": WD}),
+    ("lamb", optax.lamb, lambda h: adaptx.lamb(**h), {**ADAM_SPACE, "weight_decay": WD}),
+    ("nadamw", optax.nadamw, lambda h: adaptx.nadamw(**h, momentum_decay=None), {**ADAM_SPACE, "weight_decay": WD}),
+    ("adamaxw", optax.adamaxw, lambda h: adaptx.adamaxw(**h), {**ADAM_SPACE, "weight_decay": WD}),
+    ("novograd", optax.novograd, lambda h: adaptx.novograd(**h),
+     {**ADAM_SPACE, "b2": p_uniform(0.1, 0.9), "eps": p_log_uniform(1e-8, 1e-4), "weight_decay": WD}),
+    ("adan", optax.adan, lambda h: adaptx.adan(**h, diff_weight=1 - h["b2"]),
+     {**ADAM_SPACE, "b1": p_uniform(0.9, 0.99), "b2": p_uniform(0.8, 0.99), "b3": p_uniform(0.9, 0.999),
+      "weight_decay": WD}),
+    ("adopt", optax.contrib.adopt, lambda h: adaptx.adopt(**h), {**ADAM_SPACE, "eps": p_log_uniform(1e-8, 1e-4)}),
+    ("adopt-nesterov", functools.partial(optax.contrib.adopt, nesterov=True),
+     lambda h: adaptx.adopt(**h, nesterov=True), {**ADAM_SPACE, "eps": p_log_uniform(1e-8, 1e-4)}),
+    ("ademamix", optax.contrib.ademamix, lambda h: adaptx.ademamix(**h),
+     {**ADAM_SPACE, "b3": p_uniform(0.99, 0.9999), "alpha": p_uniform(1.0, 10.0), "weight_decay": WD}),
+    ("schedule_free_adamw", optax.contrib.schedule_free_adamw, lambda h: adaptx.schedule_free_adamw(**h),
+     {**ADAM_SPACE, "weight_decay": WD, "weight_lr_power": p_uniform(0.0, 3.0)}),
+    # the paper's warm-ups as schedules of the step (read at the updates applied so far, both sides)
+    ("ademamix-schedules", lambda **h: optax.contrib.ademamix(**h, alpha=ALPHA_WARMUP, b3=B3_WARMUP),
+     lambda h: adaptx.ademamix(**h, alpha=ALPHA_WARMUP, b3=B3_WARMUP), ADAM_SPACE),
+]
+
+
+@pytest.fixture(scope="module")
+def optax_problem():
+    rng = np.random.default_rng(1318)
+    params = p_random_params(rng)
+    return params, random_grads(rng, params)
+
+
+@pytest.mark.parametrize("case", OPTAX_CASES, ids=[c[0] for c in OPTAX_CASES])
+def test_reproduces_optax(case, optax_problem):
+    name, theirs, ours, space = case
+    rng = np.random.default_rng(OPTAX_CASES.index(case))
+    h = {k: sample(rng) for k, sample in space.items()}
+    want, _ = p_trajectory(("optax-family", name), theirs(**h), *optax_problem)
+    got, _ = p_trajectory(("adaptx-family", name), ours(h), *optax_problem)
+    assert relative_deviation(got, want) <= 1e-5, h
+
+
+def test_optax_rprop_is_the_same_rule_one_step_late():
+    """optax.rprop returns the step its rule proposed at the previous update (0 first); adaptx and
+    torch apply it at once. With signs that never flip, optax's update t + 1 is adaptx's update t."""
+    rng = np.random.default_rng(5)
+    sign = rng.choice([-1.0, 1.0], 6)
+    grads = [(sign * 10.0 ** rng.uniform(-3, 1, 6)).astype(np.float32) for _ in range(8)]
+    params = np.zeros(6, np.float32)
+    ours, theirs = adaptx.rprop(0.01), optax.rprop(0.01)
+    s_ours, s_theirs = ours.init(params), theirs.init(params)
+    got, want = [], []
+    for g in grads:
+        u, s_ours = ours.update(g, s_ours, params)
+        got.append(np.asarray(u))
+        u, s_theirs = theirs.update(g, s_theirs, params)
+        want.append(np.asarray(u))
+    assert not np.any(want[0])
+    np.testing.assert_allclose(np.stack(want[1:]), np.stack(got[:-1]), rtol=1e-6)
+
+
+def test_schedule_free_eval_params_match_optax(optax_problem):
+    """x = (y − (1 − β₁)z)/β₁ after 200 steps, from adaptx's state and from optax's."""
+    h = {"learning_rate": 1e-2, "b1": 0.8, "weight_decay": 1e-3}
+    params, grads = optax_problem
+    want, want_state = p_trajectory(("optax-family", "schedule_free_adamw-eval"),
+                                    optax.contrib.schedule_free_adamw(**h), params, grads)
+    got, got_state = p_trajectory(("adaptx-family", "schedule_free_adamw-eval"),
+                                  adaptx.schedule_free_adamw(**h), params, grads)
+    assert relative_deviation(adaptx.schedule_free_eval_params(got_state, got),
+                              optax.contrib.schedule_free_eval_params(want_state, want)) <= 1e-5
