@@ -21,6 +21,7 @@ RANGES.update(
     eps_scale=(0.0, math.inf, True, False),
     decay_offset=(0.0, math.inf, True, False),
     weight_decay_rate=(0.0, math.inf, True, False),
+    decay_exponent=(-math.inf, 0.0, False, True),  # torch's and keras' beta2_decay, −c of 1 − t^(−c)
 )
 RANGE_OF.update({name: name for name in ("clipping_threshold", "eps_scale", "decay_offset", "weight_decay_rate")})
 
