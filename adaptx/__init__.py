@@ -27,6 +27,7 @@ from adaptx._src.transforms import (
 )
 from adaptx._src.factored import FactoredState, clip_by_block_rms, scale_by_factored_rms, scale_by_param_block_rms
 from adaptx._src.adafactor import adafactor
+from adaptx._src.quantize import Quantized, QuantizedArray
 from adaptx import checkpoint, compat, kernels, sharding, testing  # noqa: E402  (public submodules)
 
 __version__ = "0.2.0"
@@ -55,4 +56,5 @@ __all__ = [
     "checkpoint", "compat", "kernels", "sharding", "testing",
     # memory-efficient state (issue 12)
     "scale_by_factored_rms", "clip_by_block_rms", "scale_by_param_block_rms", "FactoredState", "adafactor",
+    "Quantized", "QuantizedArray",
 ]

@@ -104,7 +104,8 @@ def scale_by_factored_rms(
 
     def init(params):
         def leaf(p):
-            dtype = nx.real_accumulator_dtype(p, nu_dtype)
+            # Factored statistics are O(n + m): a Quantized nu_dtype keeps them (and small v) in float32.
+            dtype = nx.real_accumulator_dtype(p, None if isinstance(nu_dtype, nx.Quantized) else nu_dtype)
             axes = axes_of(p)
             if axes is None:
                 return _placeholder(dtype), _placeholder(dtype), nx.full_like_param(p, 0.0, dtype)

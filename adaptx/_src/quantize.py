@@ -1,0 +1,168 @@
+"""Quantized moments: block-wise absmax scaling onto an 8-bit or 4-bit code, as a state format.
+
+Dettmers, Lewis, Shleifer & Zettlemoyer, "8-bit Optimizers via Block-wise
+Quantization", ICLR 2022 (arXiv:2110.02861), and Li, Chen & Zhu, "Memory
+Efficient Optimizers with 4-bit States", NeurIPS 2023 (arXiv:2309.01507).
+
+A leaf x of n elements is cut into blocks of B (zero-padded); each block b
+keeps its absmax s_b = max|x_b| in float32 and each element the index of the
+code value nearest x/s_b (Dettmers et al. §2). Signed moments (first moments,
+momentum) use the *dynamic* code of Dettmers et al. §2.2 / Appendix; non-negative
+ones (second moments) an unsigned code: the unsigned dynamic code at 8 bits,
+and at 4 bits Li et al.'s zero-point-free linear code (§4.1: a code with 0
+would map small v to 0 and blow up 1/√v). 4-bit codes are packed two per byte.
+
+This is the bottom layer beside ``numerics`` (docs/LAYERING.md): it imports nothing of adaptx.
+"""
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantized:
+    """A moment state format: ``mu_dtype=adaptx.Quantized(bits=8, block_size=256)`` (or ``nu_dtype``).
+
+    Real floating leaves of at least ``min_size`` elements (4096, as
+    bitsandbytes) are stored as ``bits``-bit codes with one float32 absmax per
+    ``block_size`` elements; smaller (and complex) leaves stay float32. Each
+    step dequantizes, updates in float32 and requantizes, inside the jitted
+    update. State bytes per element: bits/8 + 4/block_size.
+    """
+
+    bits: int = 8
+    block_size: int = 256
+    min_size: int = 4096
+
+    def __post_init__(self):
+        if self.bits not in (4, 8):
+            raise ValueError(f"Quantized supports bits=8 or bits=4, got {self.bits!r}")
+        if not isinstance(self.block_size, int) or self.block_size < 2 or self.block_size % 2:
+            raise ValueError(f"block_size must be an even integer ≥ 2, got {self.block_size!r}")
+        if not isinstance(self.min_size, int) or self.min_size < 0:
+            raise ValueError(f"min_size must be a non-negative integer, got {self.min_size!r}")
+
+
+def dynamic_code(bits: int, signed: bool) -> np.ndarray:
+    """Dettmers et al.'s dynamic (tree) code, sorted: 2**bits values in [−1, 1] (or [0, 1]).
+
+    After the sign bit (signed), a run of E zero bits sets the decimal
+    exponent 10^(−E), the first one bit ends it, and the remaining bits
+    index a linear grid of the fraction in [0.1, 1] (the midpoints of its
+    2^k equal cells). Besides those, the code holds 0 and 1 (the absmax itself);
+    8 bits signed: 10^0 … 10^−6, unsigned 10^0 … 10^−6 with twice the fraction cells.
+    """
+    free = bits - 1 if signed else bits  # bits after the sign
+    values = [0.0, 1.0]
+    # E zeros, an indicator, free − E − 1 fraction bits; unsigned codes give their last
+    # exponent up to make room for 1 (bitsandbytes keeps 1 likewise).
+    for exponent in range(free if signed else free - 1):
+        cells = 2 ** (free - 1 - exponent)
+        edges = np.linspace(0.1, 1.0, cells + 1)
+        means = (edges[:-1] + edges[1:]) / 2 * 10.0 ** (-exponent)
+        values += list(means) + ([*(-means)] if signed else [])
+    values = np.sort(np.asarray(values, np.float64))
+    assert len(values) == 2 ** bits, (bits, signed, len(values))
+    return values.astype(np.float32)
+
+
+def linear_code(bits: int) -> np.ndarray:
+    """Li et al.'s zero-point-free linear code for non-negative values: (i + 1)/2^bits, i = 0 … 2^bits − 1."""
+    return (np.arange(1, 2 ** bits + 1) / 2 ** bits).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def code(bits: int, signed: bool) -> np.ndarray:
+    """The code values of a format: dynamic for signed moments, unsigned dynamic (8 bits) or linear (4 bits)."""
+    if signed or bits == 8:
+        return dynamic_code(bits, signed)
+    return linear_code(bits)
+
+
+@jax.tree_util.register_pytree_node_class
+class QuantizedArray:
+    """One quantized leaf: ``codes`` (uint8; 4-bit codes two per byte) and ``scales`` (float32 absmax per block).
+
+    A pytree of those two arrays, with the leaf's shape and format as static
+    data: checkpoints, ``jax.vmap`` and ``jax.jit`` see only arrays.
+    """
+
+    def __init__(self, codes, scales, shape, bits, block_size, signed):
+        self.codes, self.scales = codes, scales
+        self.shape, self.bits, self.block_size, self.signed = tuple(shape), bits, block_size, signed
+
+    def tree_flatten(self):
+        return (self.codes, self.scales), (self.shape, self.bits, self.block_size, self.signed)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children, *aux)
+
+    @property
+    def dtype(self):  # what it holds once dequantized
+        return jnp.dtype(jnp.float32)
+
+    @property
+    def size(self):
+        return int(np.prod(self.shape))
+
+    def __repr__(self):
+        return (f"QuantizedArray(shape={self.shape}, bits={self.bits}, block_size={self.block_size},"
+                f" signed={self.signed})")
+
+
+def is_quantized(node) -> bool:
+    return isinstance(node, QuantizedArray)
+
+
+def quantizes(leaf, spec) -> bool:
+    """Whether ``spec`` stores ``leaf`` quantized: a Quantized spec, a real leaf of at least min_size elements."""
+    return (isinstance(spec, Quantized) and int(np.prod(np.shape(leaf))) >= max(spec.min_size, 1)
+            and not jnp.issubdtype(jnp.result_type(leaf), jnp.complexfloating))
+
+
+def quantize(x, bits: int, block_size: int, signed: bool) -> QuantizedArray:
+    """x → nearest code index of x/absmax per block, absmax kept in float32."""
+    shape = np.shape(x)
+    flat = jnp.ravel(x).astype(jnp.float32)
+    pad = -flat.size % block_size
+    blocks = jnp.pad(flat, (0, pad)).reshape(-1, block_size)
+    scales = jnp.max(jnp.abs(blocks), axis=1)
+    normal = blocks / jnp.where(scales > 0, scales, 1)[:, None]
+    values = code(bits, signed)
+    midpoints = jnp.asarray((values[1:] + values[:-1]) / 2)
+    index = jnp.searchsorted(midpoints, normal, method="scan_unrolled").astype(jnp.uint8)
+    if bits == 4:
+        index = index[:, 0::2] | (index[:, 1::2] << 4)
+    return QuantizedArray(index, scales, shape, bits, block_size, signed)
+
+
+def dequantize(q: QuantizedArray) -> jax.Array:
+    """The float32 array ``q`` holds: code value × block absmax."""
+    index = q.codes
+    if q.bits == 4:
+        index = jnp.stack([index & 0xF, index >> 4], axis=-1).reshape(index.shape[0], -1)
+    values = jnp.asarray(code(q.bits, q.signed))[index.astype(jnp.int32)] * q.scales[:, None]
+    return values.reshape(-1)[:q.size].reshape(q.shape)
+
+
+def load(tree) -> Any:
+    """``tree`` with every quantized leaf dequantized to float32 (a no-op for a tree without any)."""
+    return jax.tree.map(lambda n: dequantize(n) if is_quantized(n) else n, tree, is_leaf=is_quantized)
+
+
+def store(new, like) -> Any:
+    """``new`` with each leaf requantized where ``like`` (the state it replaces) holds a quantized one."""
+    def leaf(old, value):
+        return quantize(value, old.bits, old.block_size, old.signed) if is_quantized(old) else value
+
+    return jax.tree.map(leaf, like, new, is_leaf=is_quantized)
+
+
+def state_bytes(tree) -> int:
+    """Bytes held by the arrays of ``tree`` (a state), quantized or not."""
+    return sum(int(np.prod(np.shape(x))) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
