@@ -19,6 +19,7 @@ import functools
 from typing import Any
 
 import jax
+import jax.lax as lax
 import jax.numpy as jnp
 import numpy as np
 
@@ -125,6 +126,47 @@ def quantizes(leaf, spec) -> bool:
             and not jnp.issubdtype(jnp.result_type(leaf), jnp.complexfloating))
 
 
+_KEY_SHIFT = 13  # a float32's bits >> 13: its exponent and top 10 mantissa bits, cells 2⁻¹⁰ wide relative
+
+
+@functools.lru_cache(maxsize=None)
+def _tables(bits: int, signed: bool):
+    """Lookup tables for the nearest code value of a magnitude a ∈ [0, 1], without a search.
+
+    ``start[key(a)]`` is the number of magnitude midpoints at or below the lower edge of a's
+    cell; each cell holds at most one midpoint, so j = start + (a > midpoint[start]) is the
+    nearest magnitude. ``index_of[sign][j]`` is then the code's index of ±magnitude[j] (for a
+    signed code without −1, −1 goes to the most negative value, its nearest).
+    """
+    values = code(bits, signed)
+    magnitudes = np.unique(np.abs(values))
+    midpoints = ((magnitudes[1:] + magnitudes[:-1]) / 2).astype(np.float32)
+    keys = np.arange((np.float32(1).view(np.uint32) >> _KEY_SHIFT) + 1, dtype=np.uint32)
+    lower = (keys << _KEY_SHIFT).view(np.float32)
+    upper = (np.minimum(keys + 1, keys[-1]) << _KEY_SHIFT).view(np.float32)
+    start = np.searchsorted(midpoints, lower, side="left")
+    assert np.all(np.searchsorted(midpoints, upper, side="left") - start <= 1), "a cell holds two midpoints"
+    positive = np.searchsorted(values, magnitudes)
+    negative = np.array([np.abs(values - (-m if m < 1 or (values == -1).any() else -values.max())).argmin()
+                         if m > 0 else positive[0] for m in magnitudes])
+    if not signed:
+        negative = positive
+    padded = np.append(midpoints, np.float32(np.inf))
+    return start.astype(np.int32), padded, positive.astype(np.uint8), negative.astype(np.uint8)
+
+
+def _nearest(normal, bits: int, signed: bool):
+    """The index of the code value nearest each element of ``normal`` (in [−1, 1]), as uint8."""
+    start, midpoints, positive, negative = (jnp.asarray(t) for t in _tables(bits, signed))
+    magnitude = jnp.minimum(jnp.abs(normal), 1.0)
+    key = lax.shift_right_logical(lax.bitcast_convert_type(magnitude, jnp.uint32), jnp.uint32(_KEY_SHIFT))
+    j = start[key.astype(jnp.int32)]
+    j = j + (magnitude > midpoints[j]).astype(jnp.int32)
+    if not signed:
+        return positive[j]
+    return jnp.where(normal < 0, negative[j], positive[j])
+
+
 def quantize(x, bits: int, block_size: int, signed: bool) -> QuantizedArray:
     """x → nearest code index of x/absmax per block, absmax kept in float32."""
     shape = np.shape(x)
@@ -133,9 +175,7 @@ def quantize(x, bits: int, block_size: int, signed: bool) -> QuantizedArray:
     blocks = jnp.pad(flat, (0, pad)).reshape(-1, block_size)
     scales = jnp.max(jnp.abs(blocks), axis=1)
     normal = blocks / jnp.where(scales > 0, scales, 1)[:, None]
-    values = code(bits, signed)
-    midpoints = jnp.asarray((values[1:] + values[:-1]) / 2)
-    index = jnp.searchsorted(midpoints, normal, method="scan_unrolled").astype(jnp.uint8)
+    index = _nearest(normal, bits, signed)
     if bits == 4:
         index = index[:, 0::2] | (index[:, 1::2] << 4)
     return QuantizedArray(index, scales, shape, bits, block_size, signed)
