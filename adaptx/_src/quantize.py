@@ -133,38 +133,45 @@ _KEY_SHIFT = 13  # a float32's bits >> 13: its exponent and top 10 mantissa bits
 def _tables(bits: int, signed: bool):
     """Lookup tables for the nearest code value of a magnitude a ∈ [0, 1], without a search.
 
-    ``start[key(a)]`` is the number of magnitude midpoints at or below the lower edge of a's
-    cell; each cell holds at most one midpoint, so j = start + (a > midpoint[start]) is the
-    nearest magnitude. ``index_of[sign][j]`` is then the code's index of ±magnitude[j] (for a
-    signed code without −1, −1 goes to the most negative value, its nearest).
+    ``start[key(a) − key₀]`` is the number of magnitude midpoints below the lower edge of a's
+    cell (a float32 cell: its exponent and top 10 mantissa bits); each cell holds at most one
+    midpoint, so j = start + (a > midpoint[start]) is the nearest magnitude. Magnitudes below
+    the first cell (key₀, under half the smallest nonzero magnitude) all round to j = 0.
+    ``index_of[sign][j]`` is then the code's index of ±magnitude[j] (for a signed code without
+    −1, −1 goes to the most negative value, its nearest).
     """
     values = code(bits, signed)
     magnitudes = np.unique(np.abs(values))
     midpoints = ((magnitudes[1:] + magnitudes[:-1]) / 2).astype(np.float32)
-    keys = np.arange((np.float32(1).view(np.uint32) >> _KEY_SHIFT) + 1, dtype=np.uint32)
+    floor = np.float32(midpoints[0] / 4)  # every magnitude under it rounds to magnitudes[0]
+    first = int(floor.view(np.uint32) >> _KEY_SHIFT)
+    keys = np.arange(first, (np.float32(1).view(np.uint32) >> _KEY_SHIFT) + 1, dtype=np.uint32)
     lower = (keys << _KEY_SHIFT).view(np.float32)
     upper = (np.minimum(keys + 1, keys[-1]) << _KEY_SHIFT).view(np.float32)
     start = np.searchsorted(midpoints, lower, side="left")
     assert np.all(np.searchsorted(midpoints, upper, side="left") - start <= 1), "a cell holds two midpoints"
+    assert start[0] == 0
     positive = np.searchsorted(values, magnitudes)
     negative = np.array([np.abs(values - (-m if m < 1 or (values == -1).any() else -values.max())).argmin()
                          if m > 0 else positive[0] for m in magnitudes])
     if not signed:
         negative = positive
     padded = np.append(midpoints, np.float32(np.inf))
-    return start.astype(np.int32), padded, positive.astype(np.uint8), negative.astype(np.uint8)
+    return start.astype(np.uint8), padded, positive.astype(np.uint8), negative.astype(np.uint8), first, floor
 
 
 def _nearest(normal, bits: int, signed: bool):
     """The index of the code value nearest each element of ``normal`` (in [−1, 1]), as uint8."""
-    start, midpoints, positive, negative = (jnp.asarray(t) for t in _tables(bits, signed))
-    magnitude = jnp.minimum(jnp.abs(normal), 1.0)
+    start, midpoints, positive, negative, first, floor = _tables(bits, signed)
+    start, midpoints, positive, negative = map(jnp.asarray, (start, midpoints, positive, negative))
+    magnitude = jnp.clip(jnp.abs(normal), floor, 1.0)
     key = lax.shift_right_logical(lax.bitcast_convert_type(magnitude, jnp.uint32), jnp.uint32(_KEY_SHIFT))
-    j = start[key.astype(jnp.int32)]
+    j = start[(key - jnp.uint32(first)).astype(jnp.int32)].astype(jnp.int32)
     j = j + (magnitude > midpoints[j]).astype(jnp.int32)
     if not signed:
         return positive[j]
-    return jnp.where(normal < 0, negative[j], positive[j])
+    both = jnp.concatenate([positive, negative])  # one gather: j, or j + len for negative elements
+    return both[j + (normal < 0).astype(jnp.int32) * positive.shape[0]]
 
 
 def quantize(x, bits: int, block_size: int, signed: bool) -> QuantizedArray:
@@ -174,7 +181,7 @@ def quantize(x, bits: int, block_size: int, signed: bool) -> QuantizedArray:
     pad = -flat.size % block_size
     blocks = jnp.pad(flat, (0, pad)).reshape(-1, block_size)
     scales = jnp.max(jnp.abs(blocks), axis=1)
-    normal = blocks / jnp.where(scales > 0, scales, 1)[:, None]
+    normal = blocks * (1 / jnp.where(scales > 0, scales, 1))[:, None]
     index = _nearest(normal, bits, signed)
     if bits == 4:
         index = index[:, 0::2] | (index[:, 1::2] << 4)
