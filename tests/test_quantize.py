@@ -166,3 +166,12 @@ def test_invalid_formats_raise():
         adaptx.Quantized(bits=2)
     with pytest.raises(ValueError, match="block_size"):
         adaptx.Quantized(block_size=255)
+
+
+@pytest.mark.parametrize("bits, signed", FORMATS)
+def test_initial_state_is_the_quantized_fill(bits, signed):
+    for fill in (0.0, 0.1):
+        built = qz.constant((1000,), fill, bits, 256, signed)
+        quantized = qz.quantize(jnp.full((1000,), fill), bits, 256, signed)
+        np.testing.assert_array_equal(qz.dequantize(built), qz.dequantize(quantized))
+        np.testing.assert_array_equal(built.scales, quantized.scales)

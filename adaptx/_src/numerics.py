@@ -73,10 +73,11 @@ def zeros_like_tree(params: Any, dtype: Optional[Any] = None, fill: Any = 0.0, *
         # Quantized moments (adaptx.Quantized): large real leaves as codes, the rest in float32;
         # second moments (``real``) take the unsigned code, the others the signed one.
         def leaf(p):
-            zeros = full_like_param(p, fill, choose(p, None))
             if not quantizes(p, dtype):
-                return zeros
-            return quantize(zeros, dtype.bits, dtype.block_size, signed=not real)
+                return full_like_param(p, fill, choose(p, None))
+            if isinstance(fill, (int, float)):  # known blocks: no pass over a filled array
+                return quantize_module.constant(jnp.shape(p), fill, dtype.bits, dtype.block_size, signed=not real)
+            return quantize(full_like_param(p, fill, choose(p, None)), dtype.bits, dtype.block_size, signed=not real)
         return jax.tree.map(leaf, params)
     return jax.tree.map(lambda p: full_like_param(p, fill, choose(p, dtype)), params)
 

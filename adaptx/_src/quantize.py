@@ -188,6 +188,23 @@ def quantize(x, bits: int, block_size: int, signed: bool) -> QuantizedArray:
     return QuantizedArray(index, scales, shape, bits, block_size, signed)
 
 
+def constant(shape, fill: float, bits: int, block_size: int, signed: bool) -> QuantizedArray:
+    """``quantize(full(shape, fill))`` built directly: every block's absmax is |fill|, every code ±1 (or 0).
+
+    An initial state: quantizing the filled array itself would cost a pass over it (and,
+    eagerly, a compilation per op).
+    """
+    size = int(np.prod(shape))
+    blocks = -(-size // block_size)
+    values = code(bits, signed)
+    target = 0.0 if fill == 0 else np.sign(fill)
+    index = int(np.abs(values - target).argmin())
+    if bits == 4:
+        index = index | (index << 4)
+    codes = jnp.full((blocks, block_size * bits // 8), index, jnp.uint8)
+    return QuantizedArray(codes, jnp.full((blocks,), abs(float(fill)), jnp.float32), shape, bits, block_size, signed)
+
+
 def dequantize(q: QuantizedArray) -> jax.Array:
     """The float32 array ``q`` holds: code value × block absmax."""
     index = q.codes
