@@ -175,3 +175,21 @@ def test_initial_state_is_the_quantized_fill(bits, signed):
         quantized = qz.quantize(jnp.full((1000,), fill), bits, 256, signed)
         np.testing.assert_array_equal(qz.dequantize(built), qz.dequantize(quantized))
         np.testing.assert_array_equal(built.scales, quantized.scales)
+
+
+def test_checkpoint_and_sweep_keep_working(tmp_path):
+    """A quantized (and a factored) state is a pytree of arrays: orbax round-trips it, vmap sweeps it."""
+    from adaptx import checkpoint
+    q = adaptx.Quantized(4)
+    params = {"w": jnp.linspace(-1.0, 1.0, 64 * 64).reshape(64, 64), "b": jnp.zeros(3)}
+    for name, tx in (("adam", adaptx.adam(1e-2, mu_dtype=q, nu_dtype=q)), ("adafactor", adaptx.adafactor())):
+        state = tx.update(jax.tree.map(jnp.cos, params), tx.init(params), params)[1]
+        checkpoint.save(str(tmp_path / name), params, state)
+        _, restored = checkpoint.restore(str(tmp_path / name), tx, params)
+        assert jax.tree.structure(restored) == jax.tree.structure(state)
+        for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+            np.testing.assert_array_equal(a, b)
+    tx = adaptx.adam(mu_dtype=q, nu_dtype=q)
+    result = adaptx.sweep(lambda p, batch: jnp.sum((p["w"] - batch) ** 2), tx, {"w": params["w"]}, jnp.float32(0.3),
+                          adaptx.grid(learning_rate=[1e-3, 1e-2]), steps=3, progress=False)
+    assert np.all(np.isfinite(result.final_loss)) and result.final_loss[1] < result.final_loss[0]

@@ -28,9 +28,9 @@ RANGE_OF.update({name: name for name in ("clipping_threshold", "eps_scale", "dec
 
 class FactoredState(NamedTuple):
     count: jax.Array
-    v_row: Any  # per leaf: the row statistics R (the leaf's shape less its column axis), or an empty placeholder
-    v_col: Any  # per leaf: the column statistics C (less its row axis), or an empty placeholder
-    v: Any  # per leaf: the full second moment of an unfactored leaf, or an empty placeholder
+    v_row: Any  # per leaf: the row statistics R (the leaf's shape less its column axis), or a one-element placeholder
+    v_col: Any  # per leaf: the column statistics C (less its row axis), or a one-element placeholder
+    v: Any  # per leaf: the full second moment of an unfactored leaf, or a one-element placeholder
 
 
 class FactoredMoments(NamedTuple):
@@ -63,7 +63,7 @@ def factored_axes(shape, factored: bool = True, min_dim_size_to_factor: int = 1,
 
 
 def _placeholder(dtype):
-    return jnp.zeros((0,), dtype)
+    return jnp.zeros((1,), dtype)  # one element, as optax: orbax cannot store zero-size arrays
 
 
 def decay_rate_at(decay_rate, step, decay_offset=0) -> nx.Rate:

@@ -309,10 +309,12 @@ def torch_scale_by_factored_rms(beta2_decay, eps1, count) -> GradientTransformat
         def leaf(p):
             axes = factored_axes(jnp.shape(p))
             shape, dtype = jnp.shape(p), nx.real_accumulator_dtype(p)
-            empty = jnp.zeros((0,), dtype)
+            # one-element placeholders (orbax cannot store zero-size arrays), each its own array:
+            # a donated step cannot donate one buffer twice
+            empty = lambda: jnp.zeros((1,), dtype)  # noqa: E731
             if axes is None:
-                return empty, empty, nx.full_like_param(p, 0.0, dtype)
-            return jnp.zeros(shape[:-1], dtype), jnp.zeros(shape[:-2] + shape[-1:], dtype), empty
+                return empty(), empty(), nx.full_like_param(p, 0.0, dtype)
+            return jnp.zeros(shape[:-1], dtype), jnp.zeros(shape[:-2] + shape[-1:], dtype), empty()
 
         return FactoredMoments(*nx.unzip(jax.tree.map(leaf, params), params, 3))
 
