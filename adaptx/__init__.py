@@ -25,6 +25,9 @@ from adaptx._src.transforms import (
     add_decayed_weights, clip_by_global_norm, clip_by_norm, clip_by_value, scale, scale_by_inverse_time_decay,
     scale_by_learning_rate, unscale_gradients,
 )
+from adaptx._src.factored import FactoredState, clip_by_block_rms, scale_by_factored_rms, scale_by_param_block_rms
+from adaptx._src.adafactor import adafactor
+from adaptx._src.quantize import Quantized, QuantizedArray
 from adaptx import checkpoint, compat, kernels, sharding, testing  # noqa: E402  (public submodules)
 
 __version__ = "0.2.0"
@@ -51,6 +54,9 @@ __all__ = [
     "update_and_apply", "make_train_step", "flat_state",
     "sweep", "grid", "SweepResult",
     "checkpoint", "compat", "kernels", "sharding", "testing",
+    # memory-efficient state (issue 12)
+    "scale_by_factored_rms", "clip_by_block_rms", "scale_by_param_block_rms", "FactoredState", "adafactor",
+    "Quantized", "QuantizedArray",
 ]
 
 # The adaptive family (issue 13): blocks and optimizers built on Adam's moments.

@@ -148,6 +148,14 @@ CASES = {
         adaptx.accumulate_squares(initial_accumulator=0.1), adaptx.scale_by_rms(centered=True),
         adaptx.scale_by_adadelta(), adaptx.scale_by_adamax(), adaptx.scale(0.5), adaptx.add_decayed_weights(0.01),
         adaptx.scale_by_learning_rate(0.01)),
+    # memory-efficient state (issue 12); min_size=1 quantizes even these tiny leaves
+    "adafactor": lambda: adaptx.adafactor(),
+    "adafactor_momentum_decay": lambda: adaptx.adafactor(momentum=0.9, weight_decay_rate=1e-3),
+    "adam_8bit": lambda: adaptx.adam(0.01, mu_dtype=adaptx.Quantized(8, min_size=1),
+                                     nu_dtype=adaptx.Quantized(8, min_size=1)),
+    "sgd_4bit_momentum": lambda: adaptx.sgd(0.1, momentum=0.9, mu_dtype=adaptx.Quantized(4, min_size=1)),
+    "torch_adafactor": lambda: T.Adafactor(weight_decay=0.01),
+    "keras_adafactor": lambda: K.Adafactor(0.01),
 }
 
 

@@ -99,6 +99,7 @@ def scale_by_adam(
         maxima = (nx.zeros_like_tree(params, nu_dtype, real=True),) if amsgrad else ()
         return nx.block_state(*states, nx.initial_count(count), mu, nu, *maxima)
 
+    @nx.stored
     def update(updates, state, params=None, **extra_args):
         check_tree_match(updates, state.mu, "first moment")
         step, own = nx.this_step(count, state)
@@ -140,6 +141,7 @@ def scale_by_adamax(
     def init(params):
         return nx.block_state(ScaleByAdamaxState, AdamaxMoments, nx.initial_count(count), *_moments(params, mu_dtype, nu_dtype))
 
+    @nx.stored
     def update(updates, state, params=None, **extra_args):
         check_tree_match(updates, state.mu, "first moment")
         step, own = nx.this_step(count, state)
@@ -188,6 +190,7 @@ def scale_by_nadam(
         mu, nu = _moments(params, mu_dtype, nu_dtype)
         return nx.block_state(ScaleByNadamState, NadamMoments, nx.initial_count(count), jnp.ones([], nx.scalar_dtype()), mu, nu)
 
+    @nx.stored
     def update(updates, state, params=None, **extra_args):
         check_tree_match(updates, state.mu, "first moment")
         step, own = nx.this_step(count, state)

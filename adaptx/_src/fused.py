@@ -129,6 +129,11 @@ def _check_moments(params, moments) -> str:
 def _kernel_or_none(params, grads, moments):
     """``(layout, params, grads, moments)`` for the kernel, or None (and the reason recorded)."""
     reason = kernel_refusal(params, grads)
+    quantized = [n for n in jax.tree.leaves(moments, is_leaf=nx.quantize_module.is_quantized)
+                 if nx.quantize_module.is_quantized(n)]
+    if reason is None and quantized:
+        reason = ("the moments are quantized (adaptx.Quantized): the kernel keeps float32 moments,"
+                  " so the step dequantizes, updates and requantizes on the plain path")
     if reason is None and any(jnp.dtype(m.dtype) != jnp.float32 for m in jax.tree.leaves(moments)):
         reason = "the moments are not float32 (mu_dtype/nu_dtype were set)"
     if reason is not None:

@@ -35,6 +35,7 @@ def ema(decay: float, *, mu_dtype: Optional[Any] = None) -> GradientTransformati
     def init(params):
         return MomentState(nx.zeros_like_tree(params, mu_dtype))
 
+    @nx.stored
     def update(updates, state, params=None, **extra_args):
         check_tree_match(updates, state.mu, "moving average")
         mu = jax.tree.map(lambda m, g: nx.ema(m, g, decay), state.mu, updates)
@@ -74,6 +75,7 @@ def trace(
         own = nx.initial_count(count) if dampening is not None else None
         return nx.block_state(DampedMomentState, MomentState, own, mu)
 
+    @nx.stored
     def update(updates, state, params=None, **extra_args):
         check_tree_match(updates, state.mu, "momentum buffer")
         own = None

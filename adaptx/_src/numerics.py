@@ -10,6 +10,8 @@ import jax.numpy as jnp
 from jax.experimental.shard_alike import shard_alike
 
 from adaptx._src.validate import path_name
+from adaptx._src import quantize as quantize_module
+from adaptx._src.quantize import Quantized, load, quantize, quantizes, store  # noqa: F401  (re-exported)
 
 _LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
@@ -67,6 +69,16 @@ def zeros_like_tree(params: Any, dtype: Optional[Any] = None, fill: Any = 0.0, *
     ``real`` takes the real dtype of complex leaves (second moments |g|²).
     """
     choose = real_accumulator_dtype if real else accumulator_dtype
+    if isinstance(dtype, Quantized):
+        # Quantized moments (adaptx.Quantized): large real leaves as codes, the rest in float32;
+        # second moments (``real``) take the unsigned code, the others the signed one.
+        def leaf(p):
+            if not quantizes(p, dtype):
+                return full_like_param(p, fill, choose(p, None))
+            if isinstance(fill, (int, float)):  # known blocks: no pass over a filled array
+                return quantize_module.constant(jnp.shape(p), fill, dtype.bits, dtype.block_size, signed=not real)
+            return quantize(full_like_param(p, fill, choose(p, None)), dtype.bits, dtype.block_size, signed=not real)
+        return jax.tree.map(leaf, params)
     return jax.tree.map(lambda p: full_like_param(p, fill, choose(p, dtype)), params)
 
 
@@ -219,3 +231,18 @@ def block_state(counted: type, uncounted: type, own, *fields):
     finds it), so a block whose caller counts keeps no count field at all.
     """
     return uncounted(*fields) if own is None else counted(own, *fields)
+
+
+def stored(update):
+    """Wrap a block's ``update`` so that it sees and returns its state in float32.
+
+    Quantized leaves (:class:`adaptx.Quantized` moments) are dequantized on the
+    way in and requantized on the way out, inside the same traced step; for a
+    state without any this changes nothing.
+    """
+    def wrapped(updates, state, params=None, **extra_args):
+        out, new_state = update(updates, load(state), params, **extra_args)
+        return out, store(new_state, state)
+
+    wrapped.__name__, wrapped.__doc__ = update.__name__, update.__doc__
+    return wrapped

@@ -56,6 +56,7 @@ def accumulate_squares(
     def init(params):
         return AccumulatorState(nx.zeros_like_tree(params, nu_dtype, initial_accumulator, real=True))
 
+    @nx.stored
     def update(updates, state, params=None, **extra_args):
         check_tree_match(updates, state.nu, "squared-gradient accumulator")
 
@@ -90,6 +91,7 @@ def scale_by_rms(
         nu = nx.zeros_like_tree(params, nu_dtype, initial_accumulator, real=True)
         return RmsState(nu, nx.zeros_like_tree(params, mu_dtype) if centered else None)
 
+    @nx.stored
     def update(updates, state, params=None, **extra_args):
         check_tree_match(updates, state.nu, "squared-gradient average")
 
@@ -122,6 +124,7 @@ def scale_by_adadelta(
         return AdadeltaState(nx.zeros_like_tree(params, nu_dtype, real=True),
                              nx.zeros_like_tree(params, nu_dtype, real=True))
 
+    @nx.stored
     def update(updates, state, params=None, **extra_args):
         check_tree_match(updates, state.nu, "squared-gradient average")
 

@@ -424,3 +424,43 @@ def Lion(
         return scale_by_lion(nx.rate_value(beta_1), nx.rate_value(beta_2))
 
     return _keras_optimizer(_then_learning_rate(direction), arguments, ("learning_rate", "beta_1", "beta_2"))
+
+
+# --- Adafactor (issue 12) -------------------------------------------------------------------
+from adaptx._src.factored import clip_by_block_rms, relative_step_size, scale_by_factored_rms, scale_by_param_block_rms  # noqa: E402
+from adaptx._src.transforms import scale  # noqa: E402
+
+__all__.append("Adafactor")
+RANGE_OF.update(beta_2_decay="decay_exponent", epsilon_1="eps", epsilon_2="eps_scale",
+                clip_threshold="clipping_threshold")
+
+
+def Adafactor(
+    learning_rate=0.001, beta_2_decay=-0.8, epsilon_1=1e-30, epsilon_2=1e-3, clip_threshold=1.0,
+    relative_step=True, weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+    use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None, loss_scale_factor=None,
+    gradient_accumulation_steps=None, name=None,
+) -> GradientTransformation:
+    """``keras.optimizers.Adafactor``: θ ← θ − max(ε₂, RMS(θ))·min(η, 1/√t)·clip(G/√V̂).
+
+    V̂ is the paper's (ε₁ added to G², the last two axes of every leaf of rank
+    ≥ 2 factored: :func:`adaptx.scale_by_factored_rms`). keras applies
+    min(η, 1/√t) whatever ``relative_step`` says (it only repeats that min for
+    a constant η), so ``relative_step`` changes nothing here either. Unlike
+    keras, the full V̂ of a factored leaf is not kept in the state. keras
+    decays the weights before reading RMS(θ); here the decay follows the step
+    (as in every keras preset), so with ``weight_decay`` the two differ by λη relative in αₜ.
+    """
+    arguments = locals()
+
+    def step(count, learning_rate, beta_2_decay, epsilon_1, epsilon_2, clip_threshold):
+        return chain(
+            scale_by_factored_rms(-beta_2_decay, epsilon_1, count=count),
+            clip_by_block_rms(clip_threshold),
+            scale(relative_step_size(learning_rate, nx.increment(count))),
+            scale_by_param_block_rms(epsilon_2),
+            scale(-1.0),
+        )
+
+    return _keras_optimizer(step, arguments, ("learning_rate", "beta_2_decay", "epsilon_1", "epsilon_2",
+                                              "clip_threshold"))

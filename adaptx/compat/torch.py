@@ -337,3 +337,106 @@ def Rprop(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *, capturable=False, 
 
     return with_hyperparams(build, etaminus=etaminus, etaplus=etaplus, step_size_min=step_size_min,
                             step_size_max=step_size_max)
+
+
+# --- Adafactor (issue 12) -------------------------------------------------------------------
+from adaptx._src.factored import (  # noqa: E402
+    FactoredMoments, clip_by_block_rms, factored_axes, relative_step_size, scale_by_param_block_rms,
+)
+
+__all__.append("Adafactor")
+RANGE_OF.update(beta2_decay="decay_exponent", eps1="eps", eps2="eps_scale", d="clipping_threshold")
+
+
+def _lerp(start, end, weight):
+    """torch.lerp's rounding: start + w·(end − start) for w < ½, else end − (end − start)·(1 − w)."""
+    diff = end - start
+    return jax.numpy.where(weight < 0.5, start + weight * diff, end - diff * (1 - weight))
+
+
+def torch_scale_by_factored_rms(beta2_decay, eps1, count) -> GradientTransformation:
+    """torch.optim.Adafactor's factored scaling: ε₁ clamps, where the paper adds it to G².
+
+        R ← lerp(R, mean₋₁(G²), t^β),   C ← lerp(C, mean₋₂(G²), t^β)        (leaves of rank ≥ 2)
+        V̂ = R·C / max(mean₋₂(R), ε₁),   u = G / √max(V̂, ε₁²)
+        v ← lerp(v, G², t^β),            u = G / √max(v, ε₁²)                 (other leaves)
+
+    ``eps1=None`` is the machine epsilon of each param's dtype, as in torch.
+    R and C are kept without torch's singleton axes.
+    """
+    jnp = jax.numpy
+
+    def init(params):
+        def leaf(p):
+            axes = factored_axes(jnp.shape(p))
+            shape, dtype = jnp.shape(p), nx.real_accumulator_dtype(p)
+            # one-element placeholders (orbax cannot store zero-size arrays), each its own array:
+            # a donated step cannot donate one buffer twice
+            empty = lambda: jnp.zeros((1,), dtype)  # noqa: E731
+            if axes is None:
+                return empty(), empty(), nx.full_like_param(p, 0.0, dtype)
+            return jnp.zeros(shape[:-1], dtype), jnp.zeros(shape[:-2] + shape[-1:], dtype), empty()
+
+        return FactoredMoments(*nx.unzip(jax.tree.map(leaf, params), params, 3))
+
+    def update(updates, state, params=None, **extra_args):
+        step = nx.increment(count).astype(nx.scalar_dtype())
+        weight = step ** jnp.asarray(beta2_decay, step.dtype)
+
+        def leaf(g, v_row, v_col, v):
+            dtype = v.dtype
+            e1 = jnp.finfo(g.dtype).eps if eps1 is None else nx.cast(eps1, v)
+            square = nx.abs_sq(g, v)
+            w = nx.cast(weight, v)
+            if factored_axes(g.shape) is None:
+                v = _lerp(v, square, w)
+                estimate = v
+            else:
+                v_row = _lerp(v_row, jnp.mean(square, axis=-1), w)
+                v_col = _lerp(v_col, jnp.mean(square, axis=-2), w)
+                estimate = v_row[..., :, None] * v_col[..., None, :]
+                estimate = estimate / jnp.maximum(jnp.mean(v_row, axis=-1), e1)[..., None, None]
+            u = jax.lax.rsqrt(jnp.maximum(estimate, e1 * e1)) * g.astype(dtype)
+            return v_row, v_col, v, u.astype(g.dtype)
+
+        v_row, v_col, v, out = nx.unzip(jax.tree.map(leaf, updates, *state), updates, 4)
+        return out, FactoredMoments(v_row, v_col, v)
+
+    return GradientTransformation(init, update)
+
+
+def Adafactor(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, *, foreach=None,
+              maximize=False) -> GradientTransformation:
+    """torch.optim.Adafactor (torch ≥ 2.5): Shazeer & Stern's Adafactor without momentum.
+
+        ρₜ = min(lr, 1/√t),  αₜ = max(ε₂, RMS(θₜ₋₁))·ρₜ,  û = u / max(1, RMS(u)/d)
+        θ ← θ·(1 − lr·λ) − αₜ·û                         (u: :func:`torch_scale_by_factored_rms`)
+
+    ``eps`` is torch's pair (ε₁, ε₂); ε₁ = None is the param dtype's machine
+    epsilon and is then not a hyperparameter. Numbers are state under torch's
+    names, ``eps`` split into ``eps1`` and ``eps2``. Every leaf of rank ≥ 2 is
+    factored over its last two axes; the decay is multiplicative and uses ``lr``, as torch's.
+    """
+    _check_kernel_options(foreach, None, False, False)
+    eps1, eps2 = eps
+    check_range("beta2_decay", beta2_decay)
+    check_range("eps[1]", eps2, "eps2")
+    if eps1 is not None:
+        check_range("eps[0]", eps1, "eps1")
+    _check(lr=lr, d=d, weight_decay=weight_decay)
+
+    def build(count, lr, beta2_decay, eps2, d, weight_decay, eps1=None):
+        return chain(
+            *([scale(-1.0)] if maximize else []),
+            torch_scale_by_factored_rms(beta2_decay, eps1, count),
+            clip_by_block_rms(d),
+            scale(relative_step_size(lr, nx.increment(count))),
+            scale_by_param_block_rms(eps2),
+            scale(-1.0),
+            decay_weights_multiplicatively(weight_decay, lr),
+        )
+
+    values = dict(lr=lr, beta2_decay=beta2_decay, eps2=eps2, d=d, weight_decay=weight_decay)
+    if eps1 is not None:
+        values["eps1"] = eps1
+    return with_hyperparams(build, **values)

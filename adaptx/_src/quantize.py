@@ -1,0 +1,232 @@
+"""Quantized moments: block-wise absmax scaling onto an 8-bit or 4-bit code, as a state format.
+
+Dettmers, Lewis, Shleifer & Zettlemoyer, "8-bit Optimizers via Block-wise
+Quantization", ICLR 2022 (arXiv:2110.02861), and Li, Chen & Zhu, "Memory
+Efficient Optimizers with 4-bit States", NeurIPS 2023 (arXiv:2309.01507).
+
+A leaf x of n elements is cut into blocks of B (zero-padded); each block b
+keeps its absmax s_b = max|x_b| in float32 and each element the index of the
+code value nearest x/s_b (Dettmers et al. §2). Signed moments (first moments,
+momentum) use the *dynamic* code of Dettmers et al. §2.2 / Appendix; non-negative
+ones (second moments) an unsigned code: the unsigned dynamic code at 8 bits,
+and at 4 bits Li et al.'s zero-point-free linear code (§4.1: a code with 0
+would map small v to 0 and blow up 1/√v). 4-bit codes are packed two per byte.
+
+This is the bottom layer beside ``numerics`` (docs/LAYERING.md): it imports nothing of adaptx.
+"""
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantized:
+    """A moment state format: ``mu_dtype=adaptx.Quantized(bits=8, block_size=256)`` (or ``nu_dtype``).
+
+    Real floating leaves of at least ``min_size`` elements (4096, as
+    bitsandbytes) are stored as ``bits``-bit codes with one float32 absmax per
+    ``block_size`` elements; smaller (and complex) leaves stay float32. Each
+    step dequantizes, updates in float32 and requantizes, inside the jitted
+    update. State bytes per element: bits/8 + 4/block_size.
+    """
+
+    bits: int = 8
+    block_size: int = 256
+    min_size: int = 4096
+
+    def __post_init__(self):
+        if self.bits not in (4, 8):
+            raise ValueError(f"Quantized supports bits=8 or bits=4, got {self.bits!r}")
+        if not isinstance(self.block_size, int) or self.block_size < 2 or self.block_size % 2:
+            raise ValueError(f"block_size must be an even integer ≥ 2, got {self.block_size!r}")
+        if not isinstance(self.min_size, int) or self.min_size < 0:
+            raise ValueError(f"min_size must be a non-negative integer, got {self.min_size!r}")
+
+
+def dynamic_code(bits: int, signed: bool) -> np.ndarray:
+    """Dettmers et al.'s dynamic (tree) code, sorted: 2**bits values in [−1, 1] (or [0, 1]).
+
+    After the sign bit (signed), a run of E zero bits sets the decimal
+    exponent 10^(−E), the first one bit ends it, and the remaining bits
+    index a linear grid of the fraction in [0.1, 1] (the midpoints of its
+    2^k equal cells). Besides those, the code holds 0 and 1 (the absmax itself);
+    8 bits signed: 10^0 … 10^−6, unsigned 10^0 … 10^−6 with twice the fraction cells.
+    """
+    free = bits - 1 if signed else bits  # bits after the sign
+    values = [0.0, 1.0]
+    # E zeros, an indicator, free − E − 1 fraction bits; unsigned codes give their last
+    # exponent up to make room for 1 (bitsandbytes keeps 1 likewise).
+    for exponent in range(free if signed else free - 1):
+        cells = 2 ** (free - 1 - exponent)
+        edges = np.linspace(0.1, 1.0, cells + 1)
+        means = (edges[:-1] + edges[1:]) / 2 * 10.0 ** (-exponent)
+        values += list(means) + ([*(-means)] if signed else [])
+    values = np.sort(np.asarray(values, np.float64))
+    assert len(values) == 2 ** bits, (bits, signed, len(values))
+    return values.astype(np.float32)
+
+
+def linear_code(bits: int) -> np.ndarray:
+    """Li et al.'s zero-point-free linear code for non-negative values: (i + 1)/2^bits, i = 0 … 2^bits − 1."""
+    return (np.arange(1, 2 ** bits + 1) / 2 ** bits).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def code(bits: int, signed: bool) -> np.ndarray:
+    """The code values of a format: dynamic for signed moments, unsigned dynamic (8 bits) or linear (4 bits)."""
+    if signed or bits == 8:
+        return dynamic_code(bits, signed)
+    return linear_code(bits)
+
+
+@jax.tree_util.register_pytree_node_class
+class QuantizedArray:
+    """One quantized leaf: ``codes`` (uint8; 4-bit codes two per byte) and ``scales`` (float32 absmax per block).
+
+    A pytree of those two arrays, with the leaf's shape and format as static
+    data: checkpoints, ``jax.vmap`` and ``jax.jit`` see only arrays.
+    """
+
+    def __init__(self, codes, scales, shape, bits, block_size, signed):
+        self.codes, self.scales = codes, scales
+        self.shape, self.bits, self.block_size, self.signed = tuple(shape), bits, block_size, signed
+
+    def tree_flatten(self):
+        return (self.codes, self.scales), (self.shape, self.bits, self.block_size, self.signed)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children, *aux)
+
+    @property
+    def dtype(self):  # what it holds once dequantized
+        return jnp.dtype(jnp.float32)
+
+    @property
+    def size(self):
+        return int(np.prod(self.shape))
+
+    def __repr__(self):
+        return (f"QuantizedArray(shape={self.shape}, bits={self.bits}, block_size={self.block_size},"
+                f" signed={self.signed})")
+
+
+def is_quantized(node) -> bool:
+    return isinstance(node, QuantizedArray)
+
+
+def quantizes(leaf, spec) -> bool:
+    """Whether ``spec`` stores ``leaf`` quantized: a Quantized spec, a real leaf of at least min_size elements."""
+    return (isinstance(spec, Quantized) and int(np.prod(np.shape(leaf))) >= max(spec.min_size, 1)
+            and not jnp.issubdtype(jnp.result_type(leaf), jnp.complexfloating))
+
+
+_KEY_SHIFT = 13  # a float32's bits >> 13: its exponent and top 10 mantissa bits, cells 2⁻¹⁰ wide relative
+
+
+@functools.lru_cache(maxsize=None)
+def _tables(bits: int, signed: bool):
+    """Lookup tables for the nearest code value of a magnitude a ∈ [0, 1], without a search.
+
+    ``start[key(a) − key₀]`` is the number of magnitude midpoints below the lower edge of a's
+    cell (a float32 cell: its exponent and top 10 mantissa bits); each cell holds at most one
+    midpoint, so j = start + (a > midpoint[start]) is the nearest magnitude. Magnitudes below
+    the first cell (key₀, under half the smallest nonzero magnitude) all round to j = 0.
+    ``index_of[sign][j]`` is then the code's index of ±magnitude[j] (for a signed code without
+    −1, −1 goes to the most negative value, its nearest).
+    """
+    values = code(bits, signed)
+    magnitudes = np.unique(np.abs(values))
+    midpoints = ((magnitudes[1:] + magnitudes[:-1]) / 2).astype(np.float32)
+    floor = np.float32(midpoints[0] / 4)  # every magnitude under it rounds to magnitudes[0]
+    first = int(floor.view(np.uint32) >> _KEY_SHIFT)
+    keys = np.arange(first, (np.float32(1).view(np.uint32) >> _KEY_SHIFT) + 1, dtype=np.uint32)
+    lower = (keys << _KEY_SHIFT).view(np.float32)
+    upper = (np.minimum(keys + 1, keys[-1]) << _KEY_SHIFT).view(np.float32)
+    start = np.searchsorted(midpoints, lower, side="left")
+    assert np.all(np.searchsorted(midpoints, upper, side="left") - start <= 1), "a cell holds two midpoints"
+    assert start[0] == 0
+    positive = np.searchsorted(values, magnitudes)
+    negative = np.array([np.abs(values - (-m if m < 1 or (values == -1).any() else -values.max())).argmin()
+                         if m > 0 else positive[0] for m in magnitudes])
+    if not signed:
+        negative = positive
+    padded = np.append(midpoints, np.float32(np.inf))
+    return start.astype(np.uint8), padded, positive.astype(np.uint8), negative.astype(np.uint8), first, floor
+
+
+def _nearest(normal, bits: int, signed: bool):
+    """The index of the code value nearest each element of ``normal`` (in [−1, 1]), as uint8."""
+    start, midpoints, positive, negative, first, floor = _tables(bits, signed)
+    start, midpoints, positive, negative = map(jnp.asarray, (start, midpoints, positive, negative))
+    magnitude = jnp.clip(jnp.abs(normal), floor, 1.0)
+    key = lax.shift_right_logical(lax.bitcast_convert_type(magnitude, jnp.uint32), jnp.uint32(_KEY_SHIFT))
+    j = start[(key - jnp.uint32(first)).astype(jnp.int32)].astype(jnp.int32)
+    j = j + (magnitude > midpoints[j]).astype(jnp.int32)
+    if not signed:
+        return positive[j]
+    both = jnp.concatenate([positive, negative])  # one gather: j, or j + len for negative elements
+    return both[j + (normal < 0).astype(jnp.int32) * positive.shape[0]]
+
+
+def quantize(x, bits: int, block_size: int, signed: bool) -> QuantizedArray:
+    """x → nearest code index of x/absmax per block, absmax kept in float32."""
+    shape = np.shape(x)
+    flat = jnp.ravel(x).astype(jnp.float32)
+    pad = -flat.size % block_size
+    blocks = jnp.pad(flat, (0, pad)).reshape(-1, block_size)
+    scales = jnp.max(jnp.abs(blocks), axis=1)
+    normal = blocks * (1 / jnp.where(scales > 0, scales, 1))[:, None]
+    index = _nearest(normal, bits, signed)
+    if bits == 4:
+        index = index[:, 0::2] | (index[:, 1::2] << 4)
+    return QuantizedArray(index, scales, shape, bits, block_size, signed)
+
+
+def constant(shape, fill: float, bits: int, block_size: int, signed: bool) -> QuantizedArray:
+    """``quantize(full(shape, fill))`` built directly: every block's absmax is |fill|, every code ±1 (or 0).
+
+    An initial state: quantizing the filled array itself would cost a pass over it (and,
+    eagerly, a compilation per op).
+    """
+    size = int(np.prod(shape))
+    blocks = -(-size // block_size)
+    values = code(bits, signed)
+    target = 0.0 if fill == 0 else np.sign(fill)
+    index = int(np.abs(values - target).argmin())
+    if bits == 4:
+        index = index | (index << 4)
+    codes = jnp.full((blocks, block_size * bits // 8), index, jnp.uint8)
+    return QuantizedArray(codes, jnp.full((blocks,), abs(float(fill)), jnp.float32), shape, bits, block_size, signed)
+
+
+def dequantize(q: QuantizedArray) -> jax.Array:
+    """The float32 array ``q`` holds: code value × block absmax."""
+    index = q.codes
+    if q.bits == 4:
+        index = jnp.stack([index & 0xF, index >> 4], axis=-1).reshape(index.shape[0], -1)
+    values = jnp.asarray(code(q.bits, q.signed))[index.astype(jnp.int32)] * q.scales[:, None]
+    return values.reshape(-1)[:q.size].reshape(q.shape)
+
+
+def load(tree) -> Any:
+    """``tree`` with every quantized leaf dequantized to float32 (a no-op for a tree without any)."""
+    return jax.tree.map(lambda n: dequantize(n) if is_quantized(n) else n, tree, is_leaf=is_quantized)
+
+
+def store(new, like) -> Any:
+    """``new`` with each leaf requantized where ``like`` (the state it replaces) holds a quantized one."""
+    def leaf(old, value):
+        return quantize(value, old.bits, old.block_size, old.signed) if is_quantized(old) else value
+
+    return jax.tree.map(leaf, like, new, is_leaf=is_quantized)
+
+
+def state_bytes(tree) -> int:
+    """Bytes held by the arrays of ``tree`` (a state), quantized or not."""
+    return sum(int(np.prod(np.shape(x))) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
