@@ -40,14 +40,17 @@ def problem():
 
 @pytest.mark.parametrize("options", [
     dict(),
-    dict(momentum=0.9, weight_decay_rate=1e-3, clipping_threshold=None, decay_rate=0.7, decay_offset=2),
+    # No decay_offset: optax's 1 − (t − offset)^−c is NaN for t ≤ offset (adaptx matches it there too).
+    dict(momentum=0.9, weight_decay_rate=1e-3, clipping_threshold=None, decay_rate=0.7),
 ], ids=["defaults", "momentum-decay-noclip"])
 def test_matches_optax(options, problem):
     params, grads = problem
-    ours = adaptx.adafactor(0.05, 3, relative_step=False, factored_dims="largest", **options)
-    theirs = optax.adafactor(0.05, 3, **options)
+    lr = 0.05
+    ours = adaptx.adafactor(lr, 3, relative_step=False, factored_dims="largest", **options)
+    theirs = optax.adafactor(lr, 3, **options)
     got, _ = trajectory(("adafactor-optax", tuple(options)), ours, params, grads)
     want, _ = trajectory(("optax.adafactor", tuple(options)), theirs, params, grads)
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(want))
     assert relative_deviation(got, want) <= TOLERANCE
 
 

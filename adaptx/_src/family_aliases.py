@@ -249,9 +249,7 @@ def ademamix(learning_rate, b1=0.9, b2=0.999, b3=0.9999, alpha=5.0, eps=1e-8, ep
 
     (see :func:`adaptx.scale_by_ademamix`); optax.contrib.ademamix's arguments
     and defaults. ``alpha`` and ``b3`` may be schedules ``count -> value`` (the
-    paper's warm-ups), like the learning rate. Known limit: once
-    ``adaptx.compat.torch`` is imported, ``set_hyperparams(state, alpha=...)``
-    range-checks α as torch RMSprop's ``alpha`` ([0, 1)); ``optax.tree.set`` is unchecked.
+    paper's warm-ups), like the learning rate.
     """
     def build(count, learning_rate, b1, b2, b3, alpha, eps, eps_root, weight_decay):
         return chain(

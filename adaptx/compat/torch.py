@@ -55,7 +55,9 @@ BETAS = (0.9, 0.999)
 _BETAS = ("beta1", "beta2")
 
 # torch's names for adaptx's ranges, so set_hyperparams(state, lr=...) range-checks too.
-RANGE_OF.update(lr="learning_rate", lr_decay="decay_rate", alpha="decay", beta1="b1", beta2="b2",
+# (Not ``alpha``: RMSprop's decay shares the name with AdEMAMix's mixing weight, which may exceed 1;
+# RMSprop range-checks its alpha at construction.)
+RANGE_OF.update(lr="learning_rate", lr_decay="decay_rate", beta1="b1", beta2="b2",
                 initial_accumulator_value="initial_accumulator")
 
 
@@ -99,7 +101,7 @@ def _torch_order(maximize, weight_decay, scaling, lr, decoupled=False) -> Gradie
 def _check(betas=None, **values) -> tuple:
     """Range-check ``values`` under torch's names; return ``betas`` as (beta1, beta2)."""
     for name, value in values.items():
-        check_range(name, value)
+        check_range(name, value, "decay" if name == "alpha" else None)  # RMSprop's alpha is its decay
     if betas is None:
         return ()
     beta1, beta2 = betas
