@@ -28,10 +28,12 @@ Measured, in this order:
 5. ``len(str(tx.init({'w': jnp.zeros(3)})))``: what a user sees printing the state.
 
 Only ratios within one run mean anything on a shared machine. Usage:
-``python -m benchmarks.plain_path [--write] [--quick]`` (6–8 minutes on two
-busy cores, most of it compiling 1000 leaves); ``--write`` records
-``plain_path.md`` and ``plain_path.json`` here, ``--quick`` (a smoke test,
-half a minute) never writes committed files.
+``python -m benchmarks.plain_path [--write] [--quick] [--before JSON]`` (6–8
+minutes on two busy cores, most of it compiling 1000 leaves); ``--write``
+records ``plain_path.md`` and ``plain_path.json`` here, ``--quick`` (a smoke
+test, half a minute) never writes committed files. ``--before
+benchmarks/plain_path_before.json`` puts a before → after table of the ratios
+at the top; ``--render JSON`` re-renders a recorded run instead of measuring.
 """
 import argparse
 import datetime
@@ -220,11 +222,47 @@ def met(row):
     return adaptx_value == 0 if ratio is None else ratio <= limit
 
 
-def markdown(res, meta):
+def before_after(before, after, before_meta):
+    """Markdown rows comparing two runs figure by figure: adaptx's value and its ratio to the peer in each run."""
+    f = lambda v, d=2: "–" if v is None else (f"{v:,}" if isinstance(v, int) else f"{v:.{d}f}")
+    pair = lambda a, p, d=2: (f"{f(a, d)} ({f(p, d)})", f(a / p, 3))
+    rows = []
+    for opt in OPTIMIZERS:
+        rows.append((f"eqns/leaf ({after['eqn_leaves']} leaves)", opt, "optax",
+                     *(pair(r["eqns"][opt]["adaptx"], r["eqns"][opt]["optax"]) for r in (before, after))))
+    for leaves in after["build"]:
+        for opt in OPTIMIZERS:
+            cells = [pair(r["build"][leaves][opt]["adaptx"]["total_s"], r["build"][leaves][opt]["optax"]["total_s"])
+                     if leaves in r["build"] else ("–", "–") for r in (before, after)]
+            rows.append((f"trace+compile s, {leaves} leaves", opt, "optax", *cells))
+    for opt in OPTIMIZERS:
+        rows.append((f"step ms, {after['n']:,} params", opt, "optax",
+                     *(pair(r["step"][opt]["adaptx"], r["step"][opt]["optax"]) for r in (before, after))))
+    for opt in OPTIMIZERS:
+        rows.append(("print length", opt, "inject", *(
+            pair(r["print_len"][opt]["adaptx"], r["print_len"][opt]["inject"], 0) for r in (before, after))))
+    out = ["## Before → after", "",
+           f"Before: the run of {before_meta['date']} (`benchmarks/plain_path_before.md`, `.json`); after: this run"
+           " (table from `--before benchmarks/plain_path_before.json`; `--render benchmarks/plain_path.json` redraws it"
+           " without measuring). Each cell is"
+           " adaptx's figure (the peer's in brackets, same run) and adaptx/peer; seconds and milliseconds from two runs"
+           " on a shared machine do not compare, the ratios do.", "",
+           "| figure | optimizer | peer | before: adaptx (peer) | before: adaptx/peer | after: adaptx (peer) |"
+           " after: adaptx/peer | adaptx/peer ≤ 1, before → after |", "|---|---|---|---|---|---|---|---|"]
+    ok = lambda ratio: "–" if ratio == "–" else ("yes" if float(ratio) <= 1.0 else "no")
+    out += [f"| {name} | {opt} | {peer} | {b[0]} | {b[1]} | {a[0]} | {a[1]} | {ok(b[1])} → {ok(a[1])} |"
+            for name, opt, peer, b, a in rows]
+    return out + [""]
+
+
+def markdown(res, meta, before=None):
     f = lambda v, d=2: "–" if v is None else (f"{v:,}" if isinstance(v, int) else f"{v:.{d}f}")
     out = ["# Plain path: `tx.update` + `optax.apply_updates`, donated, adaptx vs optax", "",
            f"Recorded {meta['date']} with `{meta['command']}` on {meta['machine']}.",
-           f"{meta['versions']}. Load average at start / end: {meta['load_start']} / {meta['load_end']}.", "",
+           f"{meta['versions']}. Load average at start / end: {meta['load_start']} / {meta['load_end']}.", ""]
+    if before is not None:
+        out += before_after(before["results"], res, before["meta"])
+    out += [
            "Method and hyperparameters: see the docstring of `benchmarks/plain_path.py`. "
            "**inject** is `optax.inject_hyperparams(<optimizer>)(<same arguments>)`.", "",
            "## Targets", "", "| target | adaptx | peer | adaptx/peer | met |", "|---|---|---|---|---|"]
@@ -265,15 +303,24 @@ def main(argv=None):
     ap.add_argument("--write", action="store_true", help="record plain_path.md and plain_path.json in benchmarks/")
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny sizes, few repeats; never writes here")
     ap.add_argument("--out", type=Path, default=None, help="folder for --write (default benchmarks/; --quick: a temp dir)")
+    ap.add_argument("--before", type=Path, default=None,
+                    help="plain_path.json of an earlier run: a before → after table at the top")
+    ap.add_argument("--render", type=Path, default=None,
+                    help="re-render this recorded plain_path.json instead of measuring (with --write: rewrite it)")
     args = ap.parse_args(argv)
-    sizes = dict(eqn_leaves=12, build_leaves=(6, 12), repeats=1, n=1 << 12, step_reps=3) if args.quick else {}
-    meta = dict(date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                command="python -m benchmarks.plain_path " + " ".join(argv if argv is not None else sys.argv[1:]),
-                machine=f"{_cpu()}, {os.cpu_count()} cores, jax device {jax.devices()[0]}", load_start=_load(),
-                versions=f"jax {jax.__version__}, optax {optax.__version__}, adaptx {adaptx.__version__}")
-    res = measure(**sizes)
-    meta["load_end"] = _load()
-    text = markdown(res, meta)
+    before = json.loads(args.before.read_text()) if args.before else None
+    if args.render:
+        recorded = json.loads(args.render.read_text())
+        res, meta = recorded["results"], recorded["meta"]
+    else:
+        sizes = dict(eqn_leaves=12, build_leaves=(6, 12), repeats=1, n=1 << 12, step_reps=3) if args.quick else {}
+        meta = dict(date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                    command="python -m benchmarks.plain_path " + " ".join(argv if argv is not None else sys.argv[1:]),
+                    machine=f"{_cpu()}, {os.cpu_count()} cores, jax device {jax.devices()[0]}", load_start=_load(),
+                    versions=f"jax {jax.__version__}, optax {optax.__version__}, adaptx {adaptx.__version__}")
+        res = measure(**sizes)
+        meta["load_end"] = _load()
+    text = markdown(res, meta, before)
     print(text)
     if args.write:
         out = args.out or (Path(os.environ.get("TMPDIR", "/tmp")) / "plain_path_quick" if args.quick else HERE)

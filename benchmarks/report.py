@@ -5,6 +5,8 @@ from pathlib import Path
 NOTES = Path(__file__).with_name("notes.md")
 # Written by benchmarks/sweep_bench.py (issue 5): sweeps and monitor overhead.
 SWEEPS = Path(__file__).with_name("RESULTS_sweeps.md")
+# Written by benchmarks/train_step_share.py --write: the training-step share and the plain path's before → after.
+TRAIN_STEP = Path(__file__).with_name("RESULTS_train_step.md")
 
 
 def _find(records, suite, run):
@@ -154,5 +156,5 @@ def write(records, meta, out_dir: Path):
         "## (b) Many leaves", "", *_many_leaves_table(records), "",
         "## (c) bfloat16 params, float32 moments", "", *_bf16_table(records), "",
     ]
-    md += [part.read_text() for part in (NOTES, SWEEPS) if part.exists()]
+    md += [part.read_text() for part in (NOTES, SWEEPS, TRAIN_STEP) if part.exists()]
     (out_dir / "RESULTS.md").write_text("\n".join(md) + "\n")

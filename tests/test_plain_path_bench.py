@@ -28,3 +28,15 @@ def test_tiny_run_reports_every_row(tmp_path, monkeypatch):
     assert (tmp_path / "plain_path.md").read_text() == text
     recorded = json.loads((tmp_path / "plain_path.json").read_text())
     assert [t["target"] for t in recorded["targets"]] == names
+
+
+def test_render_with_before_table(tmp_path):
+    """--render re-renders a recorded run without measuring; --before puts the before → after table on top."""
+    recorded = plain_path.HERE / "plain_path_before.json"
+    res, text = plain_path.main(["--render", str(recorded), "--before", str(recorded), "--write", "--out", str(tmp_path)])
+    assert text.index("## Before → after") < text.index("## Targets")
+    for opt in plain_path.OPTIMIZERS:
+        for figure in ("eqns/leaf", "trace+compile s, 300 leaves", "trace+compile s, 1000 leaves", "step ms", "print length"):
+            assert any(line.startswith(f"| {figure}") and f"| {opt} |" in line for line in text.splitlines()), (figure, opt)
+    assert (tmp_path / "plain_path.md").read_text() == text
+    assert json.loads((tmp_path / "plain_path.json").read_text())["results"] == json.loads(recorded.read_text())["results"]
