@@ -1,8 +1,10 @@
 """A jitted training step that donates params and optimizer state: the fast path by default."""
+import contextlib
 from typing import Any, Callable
 
 import jax
 
+from adaptx._src import kernels
 from adaptx._src.base import GradientTransformation, one_pass
 from adaptx._src.fused import explain, recording_declines, update_and_apply
 
@@ -32,10 +34,10 @@ def make_train_step(
 
     def step(params, state, batch):
         loss, grads = grad_fn(params, batch)
-        if require_kernel:
-            with recording_declines(raise_on_decline=True):
-                params, state = update_and_apply(tx, grads, state, params)
-        else:
+        value = loss[0] if has_aux else loss
+        # The kernel waits for the loss, which reads the params it overwrites: no copies (kernels.ordered_after).
+        with kernels.ordered_after(value), (recording_declines(raise_on_decline=True) if require_kernel
+                                           else contextlib.nullcontext()):
             params, state = update_and_apply(tx, grads, state, params)
         return params, state, loss
 

@@ -19,6 +19,8 @@ is outside what this loader defends. Its checks are for accidents: before
 segments run past its end (a truncated library would be mapped and fault with
 SIGBUS, killing the process, rather than fail).
 """
+import contextlib
+import contextvars
 import ctypes
 import functools
 import importlib.util
@@ -40,7 +42,7 @@ SYMBOL = "AdaptxFusedStep"  # the handler fused_step.cc exports (XLA_FFI_DEFINE_
 TARGET = "adaptx_fused_step"
 OPTIMIZERS = {"adam": 0, "adagrad": 1, "rmsprop": 2}
 # Slots of the hyperparameter vector; the order is the kernel's ``Slot`` enum.
-SLOTS = ("neg_lr", "b1", "b1c", "b2", "b2c", "eps", "eps_root", "inv_bc1", "inv_bc2", "decay", "has_decay")
+SLOTS = ("neg_lr", "b1", "b1c", "b2", "b2c", "eps", "eps_root", "inv_bc1", "inv_bc2", "decay", "has_decay", "after")
 MOMENTS = {"adam": 2, "adagrad": 1, "rmsprop": 1}
 LEAF_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 # XLA's compile time grows about cubically with one custom call's operands
@@ -136,6 +138,26 @@ def unavailable_reason() -> Optional[str]:
     return _state["reason"]
 
 
+# A scalar the kernel calls must be computed after: see :func:`ordered_after`.
+_after: contextvars.ContextVar = contextvars.ContextVar("adaptx_kernel_after", default=None)
+
+
+@contextlib.contextmanager
+def ordered_after(value):
+    """Make the kernel calls traced inside depend on ``value`` (a scalar), which they ignore.
+
+    In a train step the loss reads the params that the kernel then overwrites
+    in place. Unless the call depends on the loss, XLA cannot order that read
+    first and copies the params, twice, before the call; with the loss in an
+    unused slot of the hyperparameter vector it orders them and copies nothing.
+    """
+    token = _after.set(jnp.asarray(value, jnp.float32).reshape(()))
+    try:
+        yield
+    finally:
+        _after.reset(token)
+
+
 def step(optimizer: str, hyper: dict, params: Sequence, grads: Sequence, moments: Sequence, offsets=None):
     """Apply one step of ``optimizer`` to every leaf in one pass.
 
@@ -146,6 +168,9 @@ def step(optimizer: str, hyper: dict, params: Sequence, grads: Sequence, moments
     same layout. Each output aliases its input, so under a jit with donated
     buffers the step writes in place.
     """
+    after = _after.get()
+    if after is not None:
+        hyper = {**hyper, "after": after}
     vector = jnp.stack([jnp.asarray(hyper.get(name, 0.0), jnp.float32) for name in SLOTS])
     new_params, new_moments = [], [[] for _ in moments] if offsets is None else list(moments)
     for start in range(0, len(params), LEAVES_PER_CALL):

@@ -25,7 +25,8 @@ namespace {
 enum Optimizer : int32_t { kAdam = 0, kAdagrad = 1, kRmsprop = 2 };
 
 // Slots of the hyperparameter vector, filled by adaptx/kernels/__init__.py.
-enum Slot { kNegLr, kB1, kB1c, kB2, kB2c, kEps, kEpsRoot, kInvBc1, kInvBc2, kDecay, kHasDecay, kSlots };
+// kAfter is never read: it carries a value (the train step's loss) the call must wait for.
+enum Slot { kNegLr, kB1, kB1c, kB2, kB2c, kEps, kEpsRoot, kInvBc1, kInvBc2, kDecay, kHasDecay, kAfter, kSlots };
 
 inline float Bf16ToF32(uint16_t h) {
   uint32_t bits = static_cast<uint32_t>(h) << 16;
