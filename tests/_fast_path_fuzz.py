@@ -8,7 +8,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import adaptx

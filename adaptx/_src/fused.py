@@ -16,7 +16,6 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from adaptx._src import kernels, numerics as nx, packing
 from adaptx._src.base import GradientTransformation, one_pass, update_then_apply
