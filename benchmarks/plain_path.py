@@ -49,6 +49,8 @@ import jax.numpy as jnp
 import optax
 
 import adaptx
+from benchmarks.run import load, machine
+from benchmarks.timing import interleaved, median_ms
 
 HERE = Path(__file__).parent
 OPTIMIZERS = ("adam", "rmsprop", "adagrad")
@@ -139,15 +141,9 @@ def step_ms(opt, n, reps):
             carry[0], carry[1] = jitted(carry[0], carry[1], grads)
             jax.block_until_ready(carry)
 
-        run()  # compile and warm up
         runs[who] = run
-    times = {who: [] for who in runs}
-    for _ in range(reps):
-        for who, run in runs.items():
-            t = time.perf_counter()
-            run()
-            times[who].append(time.perf_counter() - t)
-    out = {who: statistics.median(ts) * 1e3 for who, ts in times.items()}
+    times = interleaved(runs, reps)  # compiles and warms up each run first
+    out = {who: median_ms(ts) for who, ts in times.items()}
     # the spread of adaptx/optax within a round, both steps timed back to back: the noise on the ratio
     q = statistics.quantiles([a / o for a, o in zip(times["adaptx"], times["optax"])], n=4) if reps > 1 else [None] * 3
     return {**out, "ratio_q1": q[0], "ratio_q3": q[2]}
@@ -316,10 +312,10 @@ def main(argv=None):
         sizes = dict(eqn_leaves=12, build_leaves=(6, 12), repeats=1, n=1 << 12, step_reps=3) if args.quick else {}
         meta = dict(date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                     command="python -m benchmarks.plain_path " + " ".join(argv if argv is not None else sys.argv[1:]),
-                    machine=f"{_cpu()}, {os.cpu_count()} cores, jax device {jax.devices()[0]}", load_start=_load(),
+                    machine=machine(), load_start=load(),
                     versions=f"jax {jax.__version__}, optax {optax.__version__}, adaptx {adaptx.__version__}")
         res = measure(**sizes)
-        meta["load_end"] = _load()
+        meta["load_end"] = load()
     text = markdown(res, meta, before)
     print(text)
     if args.write:
@@ -332,20 +328,6 @@ def main(argv=None):
         (out / "plain_path.json").write_text(json.dumps(dict(meta=meta, results=res, targets=rows), indent=1) + "\n")
         print(f"wrote {out / 'plain_path.md'} and {out / 'plain_path.json'}")
     return res, text
-
-
-def _cpu():
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
-
-
-def _load():
-    try:
-        return " ".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 if __name__ == "__main__":

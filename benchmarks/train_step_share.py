@@ -63,6 +63,7 @@ import jax.numpy as jnp
 import optax
 
 import adaptx
+from benchmarks.run import load, machine
 from benchmarks import steppers
 from benchmarks.timing import compile_phases, interleaved, median_ms
 
@@ -537,11 +538,11 @@ def main(argv=None):
         sizes = dict(n=1 << 12, leaves=6, reps=3, build_repeats=1, side=64) if args.quick else {}
         meta = dict(date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                     command="python -m benchmarks.train_step_share " + " ".join(argv if argv is not None else sys.argv[1:]),
-                    machine=f"{_cpu()}, {os.cpu_count()} cores, jax device {jax.devices()[0]}", load_start=_load(),
+                    machine=machine(), load_start=load(),
                     versions=f"jax {jax.__version__}, optax {optax.__version__}, adaptx {adaptx.__version__} (one-pass"
                              f" kernel {'built' if adaptx.kernels.available() else 'unavailable: ' + str(adaptx.kernels.unavailable_reason())})")
         res = measure(**sizes)
-        meta["load_end"] = _load()
+        meta["load_end"] = load()
     text = markdown(res, meta)
     print(text)
     if args.write:
@@ -558,20 +559,6 @@ def main(argv=None):
             write_section(json.loads(json.dumps(recorded)), out)
             print(f"wrote {out / SECTION.name}; its section ends {out / 'RESULTS.md'}")
     return res, text
-
-
-def _cpu():
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
-
-
-def _load():
-    try:
-        return " ".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 if __name__ == "__main__":
