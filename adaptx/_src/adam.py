@@ -59,7 +59,8 @@ class NadamMoments(NamedTuple):
     nu: Any
 
 
-def _moments(params, mu_dtype, nu_dtype):
+def init_moments(params, mu_dtype=None, nu_dtype=None):
+    """Zero first and second moments of ``params``: m in its dtype (complex stays complex), v real."""
     return nx.zeros_like_tree(params, mu_dtype), nx.zeros_like_tree(params, nu_dtype, real=True)
 
 
@@ -95,7 +96,7 @@ def scale_by_adam(
     states = (ScaleByAmsgradState, AmsgradMoments) if amsgrad else (ScaleByAdamState, AdamMoments)
 
     def init(params):
-        mu, nu = _moments(params, mu_dtype, nu_dtype)
+        mu, nu = init_moments(params, mu_dtype, nu_dtype)
         maxima = (nx.zeros_like_tree(params, nu_dtype, real=True),) if amsgrad else ()
         return nx.block_state(*states, nx.initial_count(count), mu, nu, *maxima)
 
@@ -139,7 +140,7 @@ def scale_by_adamax(
         check_range(name, value)
 
     def init(params):
-        return nx.block_state(ScaleByAdamaxState, AdamaxMoments, nx.initial_count(count), *_moments(params, mu_dtype, nu_dtype))
+        return nx.block_state(ScaleByAdamaxState, AdamaxMoments, nx.initial_count(count), *init_moments(params, mu_dtype, nu_dtype))
 
     @nx.stored
     def update(updates, state, params=None, **extra_args):
@@ -187,7 +188,7 @@ def scale_by_nadam(
         check_range("momentum_decay", momentum_decay)
 
     def init(params):
-        mu, nu = _moments(params, mu_dtype, nu_dtype)
+        mu, nu = init_moments(params, mu_dtype, nu_dtype)
         return nx.block_state(ScaleByNadamState, NadamMoments, nx.initial_count(count), jnp.ones([], nx.scalar_dtype()), mu, nu)
 
     @nx.stored

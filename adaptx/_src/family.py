@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from adaptx._src import numerics as nx
-from adaptx._src.adam import AdamMoments, ScaleByAdamState, _is_zero
+from adaptx._src.adam import AdamMoments, ScaleByAdamState, _is_zero, init_moments
 from adaptx._src.base import EmptyState, GradientTransformation
 from adaptx._src.validate import RANGE_OF, RANGES, check_range, check_tree_match
 
@@ -131,7 +131,7 @@ def scale_by_radam(
         check_range(name, value)
 
     def init(params):
-        mu, nu = nx.zeros_like_tree(params, mu_dtype), nx.zeros_like_tree(params, nu_dtype, real=True)
+        mu, nu = init_moments(params, mu_dtype, nu_dtype)
         return nx.block_state(ScaleByAdamState, AdamMoments, nx.initial_count(count), mu, nu)
 
     def update(updates, state, params=None, **extra_args):
@@ -181,7 +181,7 @@ def scale_by_belief(
         check_range(name, value)
 
     def init(params):
-        mu, nu = nx.zeros_like_tree(params, mu_dtype), nx.zeros_like_tree(params, nu_dtype, real=True)
+        mu, nu = init_moments(params, mu_dtype, nu_dtype)
         return nx.block_state(ScaleByAdamState, AdamMoments, nx.initial_count(count), mu, nu)
 
     def update(updates, state, params=None, **extra_args):
@@ -484,7 +484,7 @@ def scale_by_adopt(
         check_range(name, value)
 
     def init(params):
-        mu, nu = nx.zeros_like_tree(params, mu_dtype), nx.zeros_like_tree(params, nu_dtype, real=True)
+        mu, nu = init_moments(params, mu_dtype, nu_dtype)
         return nx.block_state(ScaleByAdamState, AdamMoments, nx.initial_count(count), mu, nu)
 
     def update(updates, state, params=None, **extra_args):
