@@ -4,7 +4,7 @@ Each function takes the arguments of the keras class of the same name, in the
 same order and with the same defaults, and returns a
 :class:`~adaptx.GradientTransformation` assembled from adaptx blocks. The
 params it produces follow keras' (JAX backend) to float32 rounding, as
-``tests/test_compat_keras.py`` checks; ``docs/keras_parity.md`` lists the conventions.
+``tests/compat/test_compat_keras.py`` checks; ``docs/keras_parity.md`` lists the conventions.
 
 Every keras optimizer shares one base class, reproduced here as one chain::
 

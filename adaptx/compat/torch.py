@@ -10,7 +10,7 @@ single-tensor code (torch/optim/<name>.py, ``_single_tensor_<name>``):
 
 or, with decoupled weight decay (AdamW, ``decoupled_weight_decay=True``),
 scaling d → u = −lr·d → θ·(1 − lr·λ) rounded as torch rounds it.
-tests/test_compat_torch.py checks every preset against torch itself.
+tests/compat/test_compat_torch.py checks every preset against torch itself.
 
 Numeric arguments are traced state keyed by torch's names, ``betas`` split
 into ``beta1`` and ``beta2``: ``adaptx.set_hyperparams(state, lr=0.1)`` does

@@ -16,7 +16,7 @@ import pytest
 
 from adaptx._src import kernels
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 STEP = """
 import jax, jax.numpy as jnp, numpy as np, adaptx

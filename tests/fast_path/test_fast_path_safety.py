@@ -11,12 +11,12 @@ import pytest
 
 import adaptx
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_random_mismatches_give_clean_errors_never_a_signal():
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    done = subprocess.run([sys.executable, "tests/_fast_path_fuzz.py", "60"], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "tests/fast_path/_fast_path_fuzz.py", "60"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"exit {done.returncode} (negative: a signal)\n{done.stdout}\n{done.stderr[-4000:]}"
     assert done.stdout.strip().startswith("OK"), done.stdout

@@ -1,4 +1,4 @@
-"""A zygote for tests/test_checkpoint_safety.py: imports jax once, then forks one saving child per request.
+"""A zygote for tests/distributed/test_checkpoint_safety.py: imports jax once, then forks one saving child per request.
 
 Reads ``DIRECTORY`` lines on stdin; for each forks a child that saves
 ``checkpoint_at(i)`` to DIRECTORY with ``overwrite=True`` for i = 1, 2, ...

@@ -24,7 +24,7 @@ import pytest
 import adaptx
 from harness import relative_error, rounding_bound, step_cost
 
-SEEDS = Path(__file__).resolve().parents[1].parent / "shared" / "seeds"
+SEEDS = Path(__file__).resolve().parents[2].parent / "shared" / "seeds"
 
 SEED_003_TABLE = """\
 Epoch 1: x = 4.0000, y = 4.0000, loss = 275.0000

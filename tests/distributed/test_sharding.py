@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def run_on_8_devices(*argv: str) -> str:
@@ -20,7 +20,7 @@ def run_on_8_devices(*argv: str) -> str:
 @pytest.mark.parametrize("checks", [("auto",), ("explicit", "zero1", "checkpoint"), ("kernel-auto", "kernel-explicit")])
 def test_state_follows_param_sharding(checks):
     """init (eager and jitted) and jitted steps keep each param's NamedSharding; numbers match one device."""
-    out = run_on_8_devices("tests/_sharding_check.py", *checks)
+    out = run_on_8_devices("tests/distributed/_sharding_check.py", *checks)
     assert out.count("PASS") == len(checks), out
     print(out)
 

@@ -20,7 +20,7 @@ from adaptx import checkpoint
 
 from _crash_saver import checkpoint_at, optimizer
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 TEMPLATE = checkpoint_at(0)[0]
 
 
@@ -42,7 +42,7 @@ def test_sigkill_at_random_moments_always_leaves_a_complete_checkpoint(tmp_path)
     checkpoint.save(directory, *checkpoint_at(0))
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "ADAPTX_TEST_JAX_CACHE": str(tmp_path / "jax-cache"),
            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    zygote = subprocess.Popen([sys.executable, str(ROOT / "tests" / "_crash_saver.py")], stdin=subprocess.PIPE,
+    zygote = subprocess.Popen([sys.executable, str(ROOT / "tests" / "distributed" / "_crash_saver.py")], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     lines = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line.split()) for line in zygote.stdout], daemon=True).start()

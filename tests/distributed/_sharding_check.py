@@ -1,4 +1,4 @@
-"""Sharding checks on 8 simulated CPU devices; run by tests/test_sharding.py in a process of its own.
+"""Sharding checks on 8 simulated CPU devices; run by tests/distributed/test_sharding.py in a process of its own.
 
 XLA fixes the device count when jax starts, so these cannot share the
 single-device pytest process. Prints ``PASS <check>`` per check; any failure
@@ -18,7 +18,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E4
 import adaptx  # noqa: E402
 from adaptx import checkpoint, sharding  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
 from harness import assert_trees_within, step_cost  # noqa: E402
 
 OPTIMIZERS = {
