@@ -10,7 +10,7 @@ params and comparable state must be within ``harness.rounding_bound`` of it for
 the bound is what float32 promises, not what adaptx happens to give, and torch
 checks it — so adaptx and torch differ by at most twice that. Deviations are
 each leaf's largest error relative to its largest value
-(``_parity.relative_deviation``). Measured worst, on x86-64 with AVX-512, AVX2
+(``harness.relative_deviation``). Measured worst, on x86-64 with AVX-512, AVX2
 and SSE4.2 (XLA and ATen alike): 3.2e-5 from float64 (Adam with decoupled weight
 decay, torch and adaptx alike: the rounded factor 1 − ηλ) against a bound of
 6.2e-4, and 1.4e-5 between adaptx and torch (NAdam on the loss, AVX2) against
@@ -34,9 +34,8 @@ from adaptx.compat import torch as compat
 from adaptx._src.moments import DampedMomentState, MomentState
 from adaptx._src.scaling import AccumulatorState, AdadeltaState, RmsState
 from adaptx._src.family import ScaleByRpropState
-from _parity import (TRACES, STEPS, identical, log_uniform, random_grads, random_params,
-                     relative_deviation, trajectory, uniform)
-from harness import rounding_bound, step_cost
+from harness import (PEER_STEPS as STEPS, TRACES, identical, log_uniform_in, peer_params, relative_deviation,
+                     rounding_bound, scan_trajectory, step_cost, uniform_in, wide_gradients)
 
 # The gradient of the loss below, computed by each library's autodiff at every step:
 # h·(θ − c) 2, the derivative of log cosh θ as sinh θ · (1/cosh θ) 2 and 2 transcendentals, + 1.
@@ -48,9 +47,9 @@ def bound(name, implementations=1, extra=(0, 0), steps=STEPS):
     ops, transcendentals = step_cost(name)
     return rounding_bound(steps, ops + extra[0], transcendentals + extra[1], implementations)
 
-LR, WD, EPS = log_uniform(1e-4, 1e-1), log_uniform(1e-4, 1e-1), log_uniform(1e-10, 1e-3)
-MOMENTUM, DAMPENING = uniform(0.1, 0.99), uniform(0.1, 0.9)
-BETAS = lambda rng: (uniform(0.0, 0.99)(rng), uniform(0.9, 0.9999)(rng))
+LR, WD, EPS = log_uniform_in(1e-4, 1e-1), log_uniform_in(1e-4, 1e-1), log_uniform_in(1e-10, 1e-3)
+MOMENTUM, DAMPENING = uniform_in(0.1, 0.99), uniform_in(0.1, 0.9)
+BETAS = lambda rng: (uniform_in(0.0, 0.99)(rng), uniform_in(0.9, 0.9999)(rng))
 ADAM = {"lr": LR, "betas": BETAS, "eps": EPS, "weight_decay": WD}
 
 # (torch class, options that change the structure, numbers drawn at random).
@@ -61,10 +60,10 @@ CASES = [
     ("SGD", {"momentum": 0.9, "nesterov": True}, {"lr": LR, "weight_decay": WD, "momentum": MOMENTUM}),
     ("SGD", {"momentum": 0.9, "maximize": True},
      {"lr": LR, "weight_decay": WD, "momentum": MOMENTUM, "dampening": DAMPENING}),
-    *[("Adagrad", options, {"lr": LR, "lr_decay": log_uniform(1e-4, 1.0), "weight_decay": WD,
-                            "initial_accumulator_value": uniform(0.0, 1.0), "eps": EPS})
+    *[("Adagrad", options, {"lr": LR, "lr_decay": log_uniform_in(1e-4, 1.0), "weight_decay": WD,
+                            "initial_accumulator_value": uniform_in(0.0, 1.0), "eps": EPS})
       for options in ({}, {"maximize": True})],
-    *[("RMSprop", options, {"lr": LR, "alpha": uniform(0.5, 0.999), "eps": EPS, "weight_decay": WD,
+    *[("RMSprop", options, {"lr": LR, "alpha": uniform_in(0.5, 0.999), "eps": EPS, "weight_decay": WD,
                             **({"momentum": MOMENTUM} if "momentum" in options else {})})
       for options in ({}, {"centered": True}, {"momentum": 0.9},
                       {"centered": True, "momentum": 0.9, "maximize": True})],
@@ -72,14 +71,14 @@ CASES = [
         {}, {"amsgrad": True}, {"decoupled_weight_decay": True},
         {"amsgrad": True, "decoupled_weight_decay": True, "maximize": True})],
     *[("AdamW", options, ADAM) for options in ({}, {"amsgrad": True, "maximize": True})],
-    *[("Adadelta", options, {"lr": log_uniform(0.1, 2.0), "rho": uniform(0.5, 0.99), "eps": EPS,
+    *[("Adadelta", options, {"lr": log_uniform_in(0.1, 2.0), "rho": uniform_in(0.5, 0.99), "eps": EPS,
                              "weight_decay": WD}) for options in ({}, {"maximize": True})],
     *[("Adamax", options, ADAM) for options in ({}, {"maximize": True})],
-    *[("NAdam", options, {**ADAM, "momentum_decay": log_uniform(1e-4, 1e-1)})
+    *[("NAdam", options, {**ADAM, "momentum_decay": log_uniform_in(1e-4, 1e-1)})
       for options in ({}, {"decoupled_weight_decay": True}, {"maximize": True})],
     *[("RAdam", options, ADAM) for options in ({}, {"decoupled_weight_decay": True, "maximize": True})],
-    *[("Rprop", options, {"lr": LR, "etas": lambda rng: (uniform(0.2, 0.8)(rng), uniform(1.05, 1.5)(rng)),
-                          "step_sizes": lambda rng: (log_uniform(1e-7, 1e-5)(rng), log_uniform(1.0, 50.0)(rng))})
+    *[("Rprop", options, {"lr": LR, "etas": lambda rng: (uniform_in(0.2, 0.8)(rng), uniform_in(1.05, 1.5)(rng)),
+                          "step_sizes": lambda rng: (log_uniform_in(1e-7, 1e-5)(rng), log_uniform_in(1.0, 50.0)(rng))})
       for options in ({}, {"maximize": True})],
 ]
 
@@ -164,8 +163,8 @@ def adaptx_state(state, torch_key):
 @pytest.fixture(scope="module")
 def problem():
     rng = np.random.default_rng(20240613)
-    params = random_params(rng)
-    return params, random_grads(rng, params)
+    params = peer_params(rng)
+    return params, wide_gradients(rng, params)
 
 
 def deviations(got, torch32, oracle):
@@ -197,7 +196,7 @@ def test_matches_torch_on_fixed_gradients(case, problem):
     params, grads = problem
     for kwargs in _draws(name, options, space, CASES.index(case)):
         tx = getattr(compat, name)(**kwargs)
-        got = trajectory((name, tuple(sorted(options))), tx, params, grads)
+        got = scan_trajectory((name, tuple(sorted(options))), tx, params, grads)
         assert_within(name, deviations(got, torch_trajectory(name, kwargs, params, grads),
                                        torch_float64_trajectory(name, kwargs, params, grads)), kwargs)
     # Three sets of numbers, one trace: the hyperparameters are traced state.
@@ -242,7 +241,7 @@ def fuse_alike(name, params):
     key = BIT_IDENTICAL[name][0]
     probe = jax.tree.map(lambda p: np.full(np.shape(p), start, np.float32), params)
     grads = jax.tree.map(lambda p: np.stack([np.full(np.shape(p), g, np.float32) for g in rows]), params)
-    return identical(ours(key, trajectory((name, "fma-probe"), getattr(compat, name)(**kwargs), probe, grads)),
+    return identical(ours(key, scan_trajectory((name, "fma-probe"), getattr(compat, name)(**kwargs), probe, grads)),
                      theirs(key, torch_trajectory(name, kwargs, probe, grads)))
 
 
@@ -250,7 +249,7 @@ def fuse_alike(name, params):
 def test_bit_identical_where_the_operation_order_is_torchs(name, problem):
     params, grads = problem
     key, ops = BIT_IDENTICAL[name]
-    got = ours(key, trajectory((name, ()), getattr(compat, name)(), params, grads))
+    got = ours(key, scan_trajectory((name, ()), getattr(compat, name)(), params, grads))
     want = theirs(key, torch_trajectory(name, {}, params, grads))
     if ops is None or fuse_alike(name, params):
         assert identical(got, want), key
@@ -297,7 +296,7 @@ def test_matches_torch_on_a_loss(name, problem):
         return lambda tree: _loss(tree, [torch.tensor(h, dtype=dtype) for h in curvature],
                                   [torch.tensor(c, dtype=dtype) for c in centre], torch.log, torch.cosh)
 
-    got, _ = trajectory((name, "loss"), getattr(compat, name)(**kwargs), params, grads, loss=jax_loss)
+    got, _ = scan_trajectory((name, "loss"), getattr(compat, name)(**kwargs), params, grads, loss=jax_loss)
     want, _ = torch_trajectory(name, kwargs, params, grads, loss=torch_loss(torch.float32))
     exact, _ = torch_float64_trajectory(name, kwargs, params, grads, loss=torch_loss(torch.float64))
     deviation = {"params": (relative_deviation(got, exact), relative_deviation(want, exact),

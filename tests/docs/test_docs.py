@@ -84,3 +84,13 @@ def test_docs_site_builds_without_warnings(tmp_path):
     result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_every_repository_path_the_text_names_exists():
+    # A docstring once pointed at a docs page that never existed.
+    named = re.compile(r"\b((?:docs|tests|examples|benchmarks)/[\w/]+\.(?:md|py|json))")
+    sources = [*PAGES, *ROOT.glob("adaptx/**/*.py"), *ROOT.glob("benchmarks/*.py"), *ROOT.glob("examples/*.py"),
+               *ROOT.glob("tests/**/*.py")]
+    missing = {(str(source.relative_to(ROOT)), path) for source in sources
+               for path in named.findall(source.read_text()) if not (ROOT / path).exists()}
+    assert not missing, sorted(missing)

@@ -4,7 +4,7 @@ Same precomputed gradients on both sides (magnitudes 1e-6..1e3), 200 steps,
 float32, hyperparameters drawn at random within their valid ranges. The oracle
 is optax itself in float64 (``jax.enable_x64``): adaptx's float32 params must be
 within ``harness.rounding_bound`` of it for 200 steps of the algorithm
-(STEP_COST), per leaf (``_parity.relative_deviation``), and within twice that of
+(STEP_COST), per leaf (``harness.relative_deviation``), and within twice that of
 optax's own float32 run, plus, for the bias-corrected optimizers, what optax's
 float32 β costs it (``optax_conditioning``). Measured worst (x86-64, XLA at
 AVX-512, AVX2 and SSE4.2): docs/tolerances.md.
@@ -20,13 +20,13 @@ import pytest
 
 import adaptx
 from adaptx._src import numerics as _numerics
-from _parity import STEPS, log_uniform, random_grads, random_params, relative_deviation, trajectory, uniform
-from harness import float32_beta_ops, rounding_bound, step_cost
+from harness import PEER_STEPS as STEPS, float32_beta_ops, log_uniform_in, peer_params, relative_deviation, rounding_bound
+from harness import scan_trajectory, step_cost, uniform_in, wide_gradients
 
-LR, EPS = log_uniform(1e-4, 1e-1), log_uniform(1e-10, 1e-3)
+LR, EPS = log_uniform_in(1e-4, 1e-1), log_uniform_in(1e-10, 1e-3)
 # β₂ up to 0.999 only: beyond it optax's float32 bias correction is off by more than
 # adaptx's bound (test_optax_bias_correction_rounds_beta_to_float32, optax_conditioning).
-DECAY, B1, B2 = uniform(0.5, 0.999), uniform(0.0, 0.99), uniform(0.9, 0.999)
+DECAY, B1, B2 = uniform_in(0.5, 0.999), uniform_in(0.0, 0.99), uniform_in(0.9, 0.999)
 
 
 def _adagrad(h):
@@ -57,15 +57,15 @@ ADAM = {"learning_rate": LR, "b1": B1, "b2": B2, "eps": EPS}
 # (id, optax optimizer, the adaptx call that reproduces it, hyperparameters drawn at random).
 CASES = [
     ("sgd-nesterov", functools.partial(optax.sgd, nesterov=True),
-     lambda h: adaptx.sgd(**h, nesterov=True), {"learning_rate": LR, "momentum": uniform(0.1, 0.99)}),
+     lambda h: adaptx.sgd(**h, nesterov=True), {"learning_rate": LR, "momentum": uniform_in(0.1, 0.99)}),
     ("adagrad", optax.adagrad, _adagrad,
-     {"learning_rate": LR, "initial_accumulator_value": uniform(0.01, 1.0), "eps": EPS}),
+     {"learning_rate": LR, "initial_accumulator_value": uniform_in(0.01, 1.0), "eps": EPS}),
     ("adagrad-alias", optax.adagrad,
      lambda h: adaptx.adagrad(h["learning_rate"], h["initial_accumulator_value"], h["eps"], eps_in_sqrt=True),
-     {"learning_rate": LR, "initial_accumulator_value": uniform(0.01, 1.0), "eps": EPS}),
+     {"learning_rate": LR, "initial_accumulator_value": uniform_in(0.01, 1.0), "eps": EPS}),
     *[(f"rmsprop-{name}", functools.partial(optax.rmsprop, **options), _rmsprop(**options),
        {"learning_rate": LR, "decay": DECAY, "eps": EPS,
-        **({"momentum": uniform(0.1, 0.99)} if "nesterov" in options else {})})
+        **({"momentum": uniform_in(0.1, 0.99)} if "nesterov" in options else {})})
       for name, options in [
           ("eps_in_sqrt", {"eps_in_sqrt": True}),
           ("eps_outside", {"eps_in_sqrt": False}),
@@ -74,20 +74,20 @@ CASES = [
           ("eps_in_sqrt-nesterov", {"eps_in_sqrt": True, "nesterov": True}),
       ]],
     ("adam", optax.adam, lambda h: adaptx.adam(**h), ADAM),
-    ("adamw", optax.adamw, lambda h: adaptx.adamw(**h), {**ADAM, "weight_decay": log_uniform(1e-4, 1e-1)}),
+    ("adamw", optax.adamw, lambda h: adaptx.adamw(**h), {**ADAM, "weight_decay": log_uniform_in(1e-4, 1e-1)}),
     ("adamax", optax.adamax, lambda h: adaptx.adamax(**h), ADAM),
     ("nadam", optax.nadam, lambda h: adaptx.nadam(**h, momentum_decay=None), ADAM),
     ("adadelta", optax.adadelta, _adadelta,
-     {"learning_rate": log_uniform(0.1, 2.0), "rho": uniform(0.5, 0.99), "eps": EPS,
-      "weight_decay": log_uniform(1e-4, 1e-1)}),
+     {"learning_rate": log_uniform_in(0.1, 2.0), "rho": uniform_in(0.5, 0.99), "eps": EPS,
+      "weight_decay": log_uniform_in(1e-4, 1e-1)}),
 ]
 
 
 @pytest.fixture(scope="module")
 def problem():
     rng = np.random.default_rng(1618)
-    params = random_params(rng)
-    return params, random_grads(rng, params)
+    params = peer_params(rng)
+    return params, wide_gradients(rng, params)
 
 
 def optax_conditioning(name, h) -> float:
@@ -102,11 +102,11 @@ def test_reproduces_optax(case, problem):
     name, reference, ours, space = case
     rng = np.random.default_rng(CASES.index(case))
     h = {k: sample(rng) for k, sample in space.items()}
-    got, _ = trajectory(("adaptx-for-optax", name), ours(h), *problem)
-    want, _ = trajectory(("optax", name), reference(**h), *problem)
+    got, _ = scan_trajectory(("adaptx-for-optax", name), ours(h), *problem)
+    want, _ = scan_trajectory(("optax", name), reference(**h), *problem)
     with jax.enable_x64(True):
         as64 = lambda tree: jax.tree.map(lambda x: np.asarray(x, np.float64), tree)  # noqa: E731
-        exact, _ = trajectory(("optax-float64", name), reference(**h), *map(as64, problem))
+        exact, _ = scan_trajectory(("optax-float64", name), reference(**h), *map(as64, problem))
     ops, transcendentals = step_cost(name)
     within = rounding_bound(STEPS, ops, transcendentals)
     assert relative_deviation(got, exact) <= within, (relative_deviation(got, exact), within, h)
