@@ -314,3 +314,10 @@ def float32_beta_ops(b1=None, b2=None) -> float:
     """
     ops = 0.0 if b1 is None else b1 / (1 - b1)
     return ops + (0.0 if b2 is None else 0.5 * b2 / (1 - b2))
+
+
+# Prodigy (issue 13): d·g 1, m 3, v 4; c = √(1 − β₂ᵗ)/(1 − β₁ᵗ) 2 and 4 transcendentals, d·γ·c 2,
+# d/d₀ 1; r ← β₃r + (d/d₀)·dlr·⟨g, x₀ − x⟩: x₀ − x 1, ·g 1, a sum over at most 30 elements (the
+# test pytrees) 30, the weights 2, the EMA 2; d' = κ·r/‖s‖₁ 2 (‖s‖₁'s sum is as long as r's);
+# the step: d'·ε, √v, +, ÷ 4, + λθ 2, ·d·c 2, ·(−γ) 1, θ + u 1.
+STEP_COST.update(prodigy=(58, 4))

@@ -22,7 +22,7 @@ import adaptx
 import reference_family as ref
 from _parity import log_uniform as p_log_uniform, random_grads, random_params as p_random_params
 from _parity import relative_deviation, trajectory as p_trajectory, uniform as p_uniform
-from harness import gradient_sequence, log_uniform, random_params, trajectory, uniform, worst_error
+from harness import gradient_sequence, log_uniform, random_params, rounding_bound, step_cost, trajectory, uniform, worst_error
 from test_reference import SAMPLERS, Case
 
 STEPS = 100
@@ -224,3 +224,99 @@ def test_schedule_free_eval_params_match_optax(optax_problem):
                                   adaptx.schedule_free_adamw(**h), params, grads)
     assert relative_deviation(adaptx.schedule_free_eval_params(got_state, got),
                               optax.contrib.schedule_free_eval_params(want_state, want)) <= 1e-5
+
+
+# --- Prodigy -----------------------------------------------------------------------------------
+
+def prodigy_gradients(params, steps, rng):
+    """Per coordinate a fixed scale 10^U(−6, 3) (so ε·d meets √v at the small ones) times |N(0, 1)|
+    per step, 20% exact zeros, and a sign that agrees with a fixed per-coordinate sign 80% of
+    the time: a drift, so ⟨g, x₀ − x⟩ builds up and d grows through decades (with signs at
+    random it would barely leave d₀; the test checks that it grows)."""
+    def leaf(p):
+        shape = (steps, *np.shape(p))
+        drift = rng.choice([-1.0, 1.0], np.shape(p))
+        sign = np.where(rng.uniform(size=shape) < 0.8, drift, -drift)
+        keep = rng.uniform(size=shape) > 0.2
+        scale = 10.0 ** rng.uniform(-6, 3, np.shape(p))
+        return (sign * keep * scale * np.abs(rng.normal(size=shape))).astype(np.float32)
+
+    return jax.tree.map(leaf, params)
+
+
+PRODIGY_SAMPLERS = {
+    "learning_rate": lambda rng: log_uniform(rng, 0.1, 1.0),  # a multiplier on d
+    "b1": lambda rng: uniform(rng, 0.5, 0.95),
+    "b2": lambda rng: uniform(rng, 0.9, 0.999),
+    "b3": lambda rng: uniform(rng, 0.9, 0.999),
+    "eps": lambda rng: log_uniform(rng, 1e-10, 1e-6),
+    "estim_lr0": lambda rng: log_uniform(rng, 1e-7, 1e-5),
+    "estim_lr_coef": lambda rng: uniform(rng, 0.5, 2.0),
+    "weight_decay": lambda rng: log_uniform(rng, 1e-4, 1e-1),
+}
+PRODIGY_SETTABLE = ("learning_rate", "b1", "b2", "eps", "estim_lr_coef", "weight_decay")
+# (id, construction options, drawn names beyond the settable ones, the reference's departures
+# from adaptx's choice that this case's draw tells apart: they move the reference by > 2 bounds,
+# samplers of its own)
+PRODIGY_CASES = [
+    ("prodigy", {}, ("estim_lr0",), (), {}),
+    ("prodigy-paper", {"bias_correction": False}, ("estim_lr0",), ("eps_with_new_d",), {}),
+    # without γ·c in s, d grows about γ times slower: γ near the recommended 1 lets it leave d₀
+    ("prodigy-safeguard-b3", {"safeguard_warmup": True}, ("b3",), ("bias_correction",),
+     {"learning_rate": lambda rng: uniform(rng, 0.5, 1.0)}),
+]
+
+
+def _prodigy(values, options):
+    values = dict(values)
+    b1, b2 = values.pop("b1"), values.pop("b2")
+    if "b3" in values:
+        values["beta3"] = values.pop("b3")
+    return adaptx.prodigy(betas=(b1, b2), **values, **options)
+
+
+def _prodigy_reference(params, values, options):
+    return ref.Prodigy(jax.tree.leaves(params), **values, eps_with_new_d=True,
+                       bias_correction=options.get("bias_correction", True),
+                       safeguard_warmup=options.get("safeguard_warmup", False))
+
+
+def _prodigy_problem(name):
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    params = random_params(rng)
+    return rng, params, prodigy_gradients(params, STEPS, rng)
+
+
+# the reference's attribute for each departure that a case may pin
+_REFERENCE_FLAG = {"eps_with_new_d": "new_d", "bias_correction": "bias"}
+
+
+@pytest.mark.parametrize("case", PRODIGY_CASES, ids=[c[0] for c in PRODIGY_CASES])
+def test_prodigy_matches_paper_reference(case):
+    """100 steps against the float64 box, then a second draw through set_hyperparams (one
+    compilation). d must have grown from d₀ (else the estimate went untested), and the listed
+    departures from the box must be told apart from adaptx's choice by more than twice the bound."""
+    name, options, extra, pinned, samplers = case
+    rng, params, grads = _prodigy_problem(name)
+    draw = lambda: {k: {**PRODIGY_SAMPLERS, **samplers}[k](rng) for k in PRODIGY_SETTABLE + extra}  # noqa: E731
+    values = draw()
+    tx = _prodigy(values, options)
+    run = trajectory(tx)
+    bound = rounding_bound(STEPS, *step_cost("prodigy"))
+    d0 = values.get("estim_lr0", 1e-6)
+    for state, settable in ((tx.init(params), {}), (None, {k: v for k, v in draw().items() if k in PRODIGY_SETTABLE})):
+        if settable:
+            state = adaptx.set_hyperparams(tx.init(params), **settable)
+            values = {**values, **settable}
+        updates, seen = run(state, params, grads, STEPS)
+        model = _prodigy_reference(params, values, options)
+        error, step, leaf = worst_error(updates, seen, grads, model.step)
+        assert error <= bound, f"{name} with {values}: {error:.3g} > {bound:.3g} at step {step}, leaf {leaf}"
+        assert model.d >= 2 * d0, f"{name} with {values}: d stayed at {model.d:.3g} (d0 {d0:.3g})"
+        if settable:
+            continue
+        for departure in pinned:
+            other, flag = _prodigy_reference(params, values, options), _REFERENCE_FLAG[departure]
+            setattr(other, flag, not getattr(other, flag))
+            apart, _, _ = worst_error(updates, seen, grads, other.step)
+            assert apart > 2 * bound, f"{name}: {departure} flipped moves the reference by only {apart:.3g}"

@@ -596,3 +596,125 @@ def scale_by_corrected_rms(
         return out, nx.block_state(CorrectedRmsState, CorrectedRmsMoment, own, nu)
 
     return GradientTransformation(init, update)
+
+
+RANGES.update(
+    estim_lr0=(0.0, math.inf, False, False),
+    estim_lr_coef=(0.0, math.inf, False, False),
+)
+RANGE_OF.update(estim_lr0="estim_lr0", estim_lr_coef="estim_lr_coef")
+
+
+class ScaleByProdigyState(NamedTuple):
+    count: jax.Array
+    mu: Any  # EMA of d·g
+    nu: Any  # EMA of d²·|g|²
+    grad_sum: Any  # s, kept divided by d₀ and without the paper's (1 − β₃) (optax's scaling)
+    params0: Any  # x₀, the params at init
+    estim_lr: jax.Array  # d, the distance estimate
+    numerator: jax.Array  # r, scaled as s
+
+
+class ProdigyMoments(NamedTuple):
+    mu: Any
+    nu: Any
+    grad_sum: Any
+    params0: Any
+    estim_lr: jax.Array
+    numerator: jax.Array
+
+
+def _real(x):
+    """The real dtype of ``x``'s (float for complex): what a real scalar is cast to before it scales x."""
+    return jnp.finfo(x.dtype).dtype
+
+
+def _tree_sum(tree, scalar):
+    """Σ over leaves of per-leaf scalars, in the scalar dtype (0 for an empty tree)."""
+    return sum((leaf.astype(scalar) for leaf in jax.tree.leaves(tree)), jnp.zeros([], scalar))
+
+
+def scale_by_prodigy(
+    learning_rate: float = 1.0, b1: float = 0.9, b2: float = 0.999, b3: Optional[float] = None, eps: float = 1e-8,
+    estim_lr0: float = 1e-6, estim_lr_coef: float = 1.0, weight_decay: float = 0.0, *,
+    safeguard_warmup: bool = False, bias_correction: bool = True, mu_dtype: Optional[Any] = None,
+    nu_dtype: Optional[Any] = None, count: Optional[jax.Array] = None,
+) -> GradientTransformation:
+    """Prodigy's direction (Mishchenko & Defazio, 2024, Algorithm 4, Adam version), before −γ.
+
+        m ← β₁·m + (1 − β₁)·d·g,    v ← β₂·v + (1 − β₂)·d²·|g|²
+        r ← β₃·r + γ·d²·c·⟨g, x₀ − x⟩,    s ← β₃·s + γ·d²·c·g      (β₃ = √β₂ unless given)
+        d' = max(d, κ·r / ‖s‖₁),    u = d·c·(m / (√v + d'·ε) + λ·x)
+
+    γ = ``learning_rate`` (its schedule's value; the alias multiplies by −γ
+    after), κ = ``estim_lr_coef``, d₀ = ``estim_lr0`` (read at init, so a
+    construction argument), c = √(1 − β₂ᵗ)/(1 − β₁ᵗ) with ``bias_correction``
+    (optax) and 1 in the paper's box. ε meets d' (optax, the authors' code; the
+    box writes d). ``safeguard_warmup`` drops γ·c from s (optax, the authors'
+    code). λ: decoupled decay scaled by d·c·γ as optax. r and s are kept
+    divided by d₀ and without the box's (1 − β₃): both factors cancel in r/‖s‖₁,
+    and d²/d₀ keeps their float32 magnitudes near the gradients'. Where
+    ‖s‖₁ = 0 (only zero gradients so far) d stays; optax's d turns NaN there.
+    Complex g: |g|², ⟨g, y⟩ = Re Σ conj(g)·y. ``count`` as in :func:`adaptx.scale_by_adam`.
+    """
+    for name, value in (("learning_rate", learning_rate), ("b1", b1), ("b2", b2), ("eps", eps),
+                        ("estim_lr0", estim_lr0), ("estim_lr_coef", estim_lr_coef), ("weight_decay", weight_decay)):
+        check_range(name, value)
+    if b3 is not None:
+        check_range("b3", b3)
+
+    def init(params):
+        mu, nu = init_moments(params, mu_dtype, nu_dtype)
+        scalar = nx.scalar_dtype()
+        # a copy: the state must not hold the caller's buffer, which a donated step would delete
+        params0 = jax.tree.map(lambda p: jnp.array(p, copy=True), params)
+        return nx.block_state(ScaleByProdigyState, ProdigyMoments, nx.initial_count(count), mu, nu,
+                              nx.zeros_like_tree(params, mu_dtype), params0, jnp.asarray(estim_lr0, scalar),
+                              jnp.zeros([], scalar))
+
+    def update(updates, state, params=None, **extra_args):
+        if params is None:
+            raise ValueError("scale_by_prodigy needs params: call update(grads, state, params)")
+        check_tree_match(updates, state.mu, "first moment")
+        check_tree_match(params, state.params0, "initial params", subject="params")
+        step, own = nx.this_step(count, state)
+        scalar = nx.scalar_dtype()
+        d = state.estim_lr
+        beta3 = jnp.sqrt(jnp.asarray(nx.rate_value(b2), scalar)) if b3 is None else jnp.asarray(nx.rate_value(b3), scalar)
+        c = (jnp.sqrt(nx.bias_correction(b2, step)) / nx.bias_correction(b1, step)) if bias_correction else 1.0
+        dlr = d * jnp.asarray(learning_rate, scalar) * c
+        ratio = d / jnp.asarray(estim_lr0, scalar)
+        s_weight = ratio * (d if safeguard_warmup else dlr)
+
+        def inner(g, p0, p):
+            dt = nx.accumulator_dtype(g)
+            return jnp.sum(jnp.real(jnp.conj(g.astype(dt)) * (p0.astype(dt) - p.astype(dt))))
+
+        numerator = beta3 * state.numerator + ratio * dlr * _tree_sum(
+            jax.tree.map(inner, updates, state.params0, params), scalar)
+
+        def moments(mu, nu, s, g):
+            dg = g.astype(mu.dtype) * nx.cast(d, _real(mu))
+            mu, nu = nx.ema(mu, dg, b1), nx.ema(nu, nx.abs_sq(dg, nu), b2)
+            s = nx.cast(beta3, _real(s)) * s + nx.cast(s_weight, _real(s)) * g.astype(s.dtype)
+            return mu, nu, s
+
+        mu, nu, s = nx.unzip(jax.tree.map(moments, state.mu, state.nu, state.grad_sum, updates), updates, 3)
+        denominator = _tree_sum(jax.tree.map(lambda x: jnp.sum(jnp.abs(x)), s), scalar)
+        positive = denominator > 0
+        estimate = nx.cast(estim_lr_coef, denominator) * numerator / jnp.where(positive, denominator, 1)
+        new_d = jnp.where(positive, jnp.maximum(d, estimate), d)
+        step_scale = d * c
+
+        def leaf(m, root, g, p):
+            dt = m.dtype
+            u = m / (root + (new_d * nx.cast(eps, new_d)).astype(root.dtype))
+            if not _is_zero(weight_decay):
+                u = u + nx.cast(weight_decay, _real(m)) * p.astype(dt)
+            return (nx.cast(step_scale, _real(m)) * u).astype(g.dtype)
+
+        out = jax.tree.map(leaf, mu, nx.safe_sqrt(nu), updates, params)
+        return out, nx.block_state(ScaleByProdigyState, ProdigyMoments, own, mu, nu, s, state.params0, new_d,
+                                   numerator)
+
+    return GradientTransformation(init, update)
