@@ -22,6 +22,7 @@ import adaptx
 import reference_family as ref
 from _parity import log_uniform as p_log_uniform, random_grads, random_params as p_random_params
 from _parity import relative_deviation, trajectory as p_trajectory, uniform as p_uniform
+from harness import float32_beta_ops
 from harness import gradient_sequence, log_uniform, random_params, rounding_bound, step_cost, trajectory, uniform, worst_error
 from test_reference import SAMPLERS, Case
 
@@ -320,3 +321,95 @@ def test_prodigy_matches_paper_reference(case):
             setattr(other, flag, not getattr(other, flag))
             apart, _, _ = worst_error(updates, seen, grads, other.step)
             assert apart > 2 * bound, f"{name}: {departure} flipped moves the reference by only {apart:.3g}"
+
+
+PRODIGY_OPTAX_CASES = [
+    ("prodigy", {}),
+    ("prodigy-weight_decay-beta3", {"weight_decay": True, "beta3": True}),
+    ("prodigy-safeguard", {"safeguard_warmup": True}),
+]
+
+
+@pytest.mark.parametrize("case", PRODIGY_OPTAX_CASES, ids=[c[0] for c in PRODIGY_OPTAX_CASES])
+def test_prodigy_reproduces_optax(case):
+    """200 steps against optax.contrib.prodigy in float32: params and d within twice the bound,
+    plus what optax's float32 β powers cost its c = √(1 − β₂ᵗ)/(1 − β₁ᵗ).
+
+    Not against optax in float64: both float32 programs compute x₀ − x from params that moved
+    by as little as d₀ from x₀, so ⟨g, x₀ − x⟩ carries the cancellation Σ|g||x| / |⟨g, x₀ − x⟩|
+    (up to 5e7 along these runs), and optax's own float32 run is 4e-3 to 1e-2 from its float64
+    one. The per-step comparison with the float64 box (test_prodigy_matches_paper_reference)
+    feeds both sides the same params, which takes that conditioning out.
+    """
+    name, options = case
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    params = p_random_params(rng)
+    grads = prodigy_gradients(params, 200, rng)
+    draw = {k: PRODIGY_SAMPLERS[k](rng) for k in ("learning_rate", "b1", "b2", "eps", "estim_lr0", "estim_lr_coef",
+                                                   "weight_decay", "b3")}
+    h = {"learning_rate": draw["learning_rate"], "betas": (draw["b1"], draw["b2"]), "eps": draw["eps"],
+         "estim_lr0": draw["estim_lr0"], "estim_lr_coef": draw["estim_lr_coef"]}
+    if options.get("weight_decay"):
+        h["weight_decay"] = draw["weight_decay"]
+    if options.get("beta3"):
+        h["beta3"] = draw["b3"]
+    if options.get("safeguard_warmup"):
+        h["safeguard_warmup"] = True
+    got, got_state = p_trajectory(("adaptx-family", name), adaptx.prodigy(**h), params, grads)
+    want, want_state = p_trajectory(("optax-family", name), optax.contrib.prodigy(**h), params, grads)
+    d = float(want_state.estim_lr)
+    assert d >= 2 * h["estim_lr0"], f"d stayed at {d:.3g}: the estimate went untested"
+    ops, transcendentals = step_cost("prodigy")
+    between = rounding_bound(200, ops + float32_beta_ops(*h["betas"]), transcendentals, implementations=2)
+    assert relative_deviation(got, want) <= between, (relative_deviation(got, want), between, h)
+    ours_d = float(got_state.inner_state[0].estim_lr)
+    assert abs(ours_d - d) <= between * d, (ours_d, d, h)
+
+
+def test_prodigy_keeps_d_where_optax_turns_nan():
+    """A first gradient of zeros leaves ‖s‖₁ = 0: optax's d becomes 0/0 = NaN and so do the
+    params; adaptx keeps d (the authors' code skips the step) and takes the zero step."""
+    params = {"w": jnp.ones(3)}
+    zero = {"w": jnp.zeros(3)}
+    ours, theirs = adaptx.prodigy(), optax.contrib.prodigy()
+    u, state = ours.update(zero, ours.init(params), params)
+    assert np.all(np.asarray(u["w"]) == 0)
+    assert float(state.inner_state[0].estim_lr) == np.float32(1e-6)
+    u, _ = theirs.update(zero, theirs.init(params), params)
+    assert np.all(np.isnan(np.asarray(u["w"])))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(betas=(1.0, 0.999)), r"b1 must lie in \[0, 1\)"),
+    (dict(betas=(0.9, -0.1)), r"b2 must lie in \[0, 1\)"),
+    (dict(beta3=1.5), r"b3 must lie in \[0, 1\)"),
+    (dict(estim_lr0=0.0), r"estim_lr0 must lie in \(0, inf\)"),
+    (dict(estim_lr_coef=-1.0), r"estim_lr_coef must lie in \(0, inf\)"),
+    (dict(eps=-1e-8), r"eps must lie in \[0, inf\)"),
+    (dict(weight_decay=-1.0), r"weight_decay must lie in \[0, inf\)"),
+    (dict(learning_rate=-1.0), r"learning_rate must lie in \[0, inf\)"),
+    (dict(betas=0.9), "betas must be a pair"),
+])
+def test_prodigy_rejects_invalid_hyperparameters(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        adaptx.prodigy(**kwargs)
+
+
+def test_prodigy_accepts_traced_hyperparameters():
+    """Traced values are never range-checked: set under jit, the state steps as built with them."""
+    params = {"w": jnp.linspace(-1.0, 1.0, 4)}
+    grads = {"w": jnp.linspace(0.5, -1.5, 4)}
+    tx = adaptx.prodigy()
+
+    @jax.jit
+    def step(coef, b2):
+        state = adaptx.set_hyperparams(tx.init(params), estim_lr_coef=coef, b2=b2)
+        for _ in range(3):
+            u, state = tx.update(grads, state, params)
+        return u
+
+    built = adaptx.prodigy(betas=(0.9, float(np.float32(0.99))), estim_lr_coef=2.0)
+    state = built.init(params)
+    for _ in range(3):
+        want, state = built.update(grads, state, params)
+    np.testing.assert_allclose(step(2.0, 0.99)["w"], want["w"], rtol=1e-6)
