@@ -321,3 +321,6 @@ def float32_beta_ops(b1=None, b2=None) -> float:
 # test pytrees) 30, the weights 2, the EMA 2; d' = κ·r/‖s‖₁ 2 (‖s‖₁'s sum is as long as r's);
 # the step: d'·ε, √v, +, ÷ 4, + λθ 2, ·d·c 2, ·(−γ) 1, θ + u 1.
 STEP_COST.update(prodigy=(58, 4))
+# LAMB: Adam's chain 20 and 4, the decay inside r 2, then the trust ratio: ‖θ‖ and ‖r‖ over at
+# most 30 elements (Σx² 30, √ 1), the ratio 1 and its product 1; keras' ratio reads θ − θλη 2.
+STEP_COST.update(lamb=(58, 4))
