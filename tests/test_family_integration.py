@@ -77,9 +77,10 @@ def setup():
     return problem()
 
 
-def _stepper(tx, data):
+def _stepper(tx):
+    """One jitted step, the data an argument: the NaN step below reuses its compilation."""
     @jax.jit
-    def step(params, state):
+    def step(params, state, data):
         updates, state = tx.update(jax.grad(loss_fn)(params, data), state, params)
         return adaptx.apply_updates(params, updates), state, updates
     return step
@@ -93,12 +94,12 @@ def test_sweep_matches_separate_runs(name, setup):
     tx = FAMILY[name]()
     hyper, values = SWEPT[name]
     result = adaptx.sweep(loss_fn, tx, params, data, {hyper: values}, steps=STEPS, progress=False)
-    step = _stepper(tx, data)
+    step = _stepper(tx)
     finals = []
     for i, value in enumerate(values):
         p, state = params, adaptx.set_hyperparams(tx.init(params), **{hyper: value})
         for _ in range(STEPS):
-            p, state, _ = step(p, state)
+            p, state, _ = step(p, state, data)
         finals.append(p)
         for got, want in zip(jax.tree.leaves(result.params), jax.tree.leaves(p)):
             assert relative_error(got[i], want) <= bound(name), (name, value, relative_error(got[i], want))
@@ -113,12 +114,12 @@ def test_monitor_skip_nonfinite_and_checkpoint(name, setup, tmp_path):
     trajectory bit for bit (same compiled step, same inputs)."""
     params, data = setup
     tx = adaptx.skip_nonfinite(adaptx.monitor(FAMILY[name](), per_coordinate=False))
-    step = _stepper(tx, data)
+    step = _stepper(tx)
     state = tx.init(params)
     p = params
     for _ in range(3):
         before = p
-        p, state, updates = step(p, state)
+        p, state, updates = step(p, state, data)
     grads = jax.grad(loss_fn)(before, data)
     stats = adaptx.monitor_stats(state)
     for leaf in ("w", "b"):
@@ -127,8 +128,7 @@ def test_monitor_skip_nonfinite_and_checkpoint(name, setup, tmp_path):
         assert want > 0, f"{name} did not move {leaf}"
 
     poisoned = jax.tree.map(lambda a: jnp.asarray(a).at[0].set(jnp.nan) if a.ndim == 1 else a, data)
-    nan_step = _stepper(tx, poisoned)
-    skipped_params, skipped_state, zero = nan_step(p, state)
+    skipped_params, skipped_state, zero = step(p, state, poisoned)
     assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(zero))
     jax.tree.map(np.testing.assert_array_equal, skipped_params, p)
     inner = lambda s: s.inner_state.inner_state  # noqa: E731  (the optimizer's own state, under both wrappers)
@@ -138,8 +138,8 @@ def test_monitor_skip_nonfinite_and_checkpoint(name, setup, tmp_path):
     checkpoint.save(tmp_path / "mid", p, state)
     restored_params, restored_state = checkpoint.restore(tmp_path / "mid", tx, params)
     for _ in range(3):
-        p, state, _ = step(p, state)
-        restored_params, restored_state, _ = step(restored_params, restored_state)
+        p, state, _ = step(p, state, data)
+        restored_params, restored_state, _ = step(restored_params, restored_state, data)
     jax.tree.map(np.testing.assert_array_equal, restored_params, p)
     jax.tree.map(np.testing.assert_array_equal, restored_state, state)
 
