@@ -415,3 +415,39 @@ def test_prodigy_accepts_traced_hyperparameters():
     for _ in range(3):
         want, state = built.update(grads, state, params)
     np.testing.assert_allclose(step(2.0, 0.99)["w"], want["w"], rtol=1e-6)
+
+
+def test_prodigy_signature_is_optax():
+    """optax.contrib.prodigy's arguments, order and defaults; adaptx's additions are keyword-only.
+    (optax after 0.2.8 appends weight_decay_mask, which adaptx already takes in that place.)"""
+    import inspect
+
+    theirs = [(p.name, p.default) for p in inspect.signature(optax.contrib.prodigy).parameters.values()]
+    ours = [(p.name, p.default) for p in inspect.signature(adaptx.prodigy).parameters.values()
+            if p.kind != p.KEYWORD_ONLY]
+    assert ours[:len(theirs)] == theirs and ours[len(theirs):] in ([], [("weight_decay_mask", None)])
+
+
+def test_prodigy_weight_decay_mask_decays_only_where_true():
+    """Masked leaves step as with no decay at all, the others as with the decay (same program)."""
+    params = {"w": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3), "b": jnp.linspace(0.5, 1.5, 3)}
+    grads = jax.tree.map(lambda p: 0.3 * p + 0.1, params)
+
+    def run(tx):
+        state, p = tx.init(params), params
+        for _ in range(4):
+            u, state = tx.update(grads, state, p)
+            p = adaptx.apply_updates(p, u)
+        return p
+
+    # d₀ = 0.1: large enough that 4 steps of decay move the params visibly
+    decayed, plain = run(adaptx.prodigy(weight_decay=0.5, estim_lr0=0.1)), run(adaptx.prodigy(estim_lr0=0.1))
+    masked = run(adaptx.prodigy(weight_decay=0.5, estim_lr0=0.1, weight_decay_mask={"w": True, "b": False}))
+    by_function = run(adaptx.prodigy(weight_decay=0.5, estim_lr0=0.1,
+                                     weight_decay_mask=lambda p: {"w": True, "b": False}))
+    assert np.max(np.abs(decayed["b"] - plain["b"])) > 1e-2
+    np.testing.assert_allclose(masked["w"], decayed["w"], rtol=1e-6)
+    np.testing.assert_allclose(masked["b"], plain["b"], rtol=1e-6)
+    jax.tree.map(np.testing.assert_array_equal, by_function, masked)
+    with pytest.raises(ValueError, match="weight_decay_mask must be a tree"):
+        run(adaptx.prodigy(weight_decay=0.5, weight_decay_mask={"w": True}))

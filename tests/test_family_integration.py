@@ -124,7 +124,9 @@ def test_monitor_skip_nonfinite_and_checkpoint(name, setup, tmp_path):
     stats = adaptx.monitor_stats(state)
     for leaf in ("w", "b"):
         want = np.linalg.norm(np.asarray(updates[leaf])) / np.linalg.norm(np.asarray(grads[leaf]))
-        assert abs(float(stats["norm_ratio"][leaf]) - want) <= 1e-5 * want, (name, leaf, stats["norm_ratio"], want)
+        # two float32 programs of two norms over ≤ 12 elements (Σx² 12, √ 1 each) and their ratio
+        assert abs(float(stats["norm_ratio"][leaf]) - want) <= rounding_bound(1, 27, implementations=2) * want, (
+            name, leaf, stats["norm_ratio"], want)
         assert want > 0, f"{name} did not move {leaf}"
 
     poisoned = jax.tree.map(lambda a: jnp.asarray(a).at[0].set(jnp.nan) if a.ndim == 1 else a, data)

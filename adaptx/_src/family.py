@@ -637,8 +637,8 @@ def _tree_sum(tree, scalar):
 def scale_by_prodigy(
     learning_rate: float = 1.0, b1: float = 0.9, b2: float = 0.999, b3: Optional[float] = None, eps: float = 1e-8,
     estim_lr0: float = 1e-6, estim_lr_coef: float = 1.0, weight_decay: float = 0.0, *,
-    safeguard_warmup: bool = False, bias_correction: bool = True, mu_dtype: Optional[Any] = None,
-    nu_dtype: Optional[Any] = None, count: Optional[jax.Array] = None,
+    safeguard_warmup: bool = False, bias_correction: bool = True, weight_decay_mask: Optional[Any] = None,
+    mu_dtype: Optional[Any] = None, nu_dtype: Optional[Any] = None, count: Optional[jax.Array] = None,
 ) -> GradientTransformation:
     """Prodigy's direction (Mishchenko & Defazio, 2024, Algorithm 4, Adam version), before −γ.
 
@@ -655,6 +655,9 @@ def scale_by_prodigy(
     divided by d₀ and without the box's (1 − β₃): both factors cancel in r/‖s‖₁,
     and d²/d₀ keeps their float32 magnitudes near the gradients'. Where
     ‖s‖₁ = 0 (only zero gradients so far) d stays; optax's d turns NaN there.
+    ``weight_decay_mask``: a tree of bools like the params (or a function of the params
+    returning one), decay only where True (optax's; the decay sits inside this block because
+    it is scaled by d, so :func:`adaptx.masked` cannot reach it).
     Complex g: |g|², ⟨g, y⟩ = Re Σ conj(g)·y. ``count`` as in :func:`adaptx.scale_by_adam`.
     """
     for name, value in (("learning_rate", learning_rate), ("b1", b1), ("b2", b2), ("eps", eps),
@@ -706,14 +709,19 @@ def scale_by_prodigy(
         new_d = jnp.where(positive, jnp.maximum(d, estimate), d)
         step_scale = d * c
 
-        def leaf(m, root, g, p):
+        def leaf(m, root, g, p, decays=True):
             dt = m.dtype
             u = m / (root + (new_d * nx.cast(eps, new_d)).astype(root.dtype))
-            if not _is_zero(weight_decay):
-                u = u + nx.cast(weight_decay, _real(m)) * p.astype(dt)
+            if decays is not False and not _is_zero(weight_decay):
+                u = u + jnp.where(decays, nx.cast(weight_decay, _real(m)), 0) * p.astype(dt)
             return (nx.cast(step_scale, _real(m)) * u).astype(g.dtype)
 
-        out = jax.tree.map(leaf, mu, nx.safe_sqrt(nu), updates, params)
+        masks = () if weight_decay_mask is None else (
+            weight_decay_mask(params) if callable(weight_decay_mask) else weight_decay_mask,)
+        if masks and jax.tree.structure(masks[0]) != jax.tree.structure(params):
+            raise ValueError(f"weight_decay_mask must be a tree of bools shaped like the params' tree,"
+                             f" one per leaf: got {jax.tree.structure(masks[0])} for {jax.tree.structure(params)}")
+        out = jax.tree.map(leaf, mu, nx.safe_sqrt(nu), updates, params, *masks)
         return out, nx.block_state(ScaleByProdigyState, ProdigyMoments, own, mu, nu, s, state.params0, new_d,
                                    numerator)
 

@@ -289,8 +289,8 @@ def schedule_free_adamw(learning_rate=2.5e-3, warmup_steps=None, b1=0.9, b2=0.99
 
 
 def prodigy(learning_rate=1.0, betas=(0.9, 0.999), beta3=None, eps=1e-8, estim_lr0=1e-6, estim_lr_coef=1.0,
-            weight_decay=0.0, safeguard_warmup=False, *, bias_correction=True, mu_dtype=None,
-            nu_dtype=None) -> GradientTransformation:
+            weight_decay=0.0, safeguard_warmup=False, weight_decay_mask=None, *, bias_correction=True,
+            mu_dtype=None, nu_dtype=None) -> GradientTransformation:
     """Prodigy (Mishchenko & Defazio, 2024): Adam whose step size d is estimated as it goes.
 
         d' = max(d, r/‖s‖₁),    θ ← θ − γ·d·c·(m / (√v + d'·ε) + λ·θ)
@@ -302,7 +302,8 @@ def prodigy(learning_rate=1.0, betas=(0.9, 0.999), beta3=None, eps=1e-8, estim_l
     when given, ``b3`` (``beta3=None`` is √β₂, following a changed ``b2``);
     ``estim_lr0`` fills the initial d, so it is a construction argument.
     ``bias_correction=False`` is the paper's box (and the authors' default):
-    optax always multiplies by c = √(1 − β₂ᵗ)/(1 − β₁ᵗ).
+    optax always multiplies by c = √(1 − β₂ᵗ)/(1 − β₁ᵗ). ``weight_decay_mask`` as
+    optax's (its current source; 0.2.8 has none).
     """
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
         raise ValueError(f"betas must be a pair (b1, b2), got {betas!r}")
@@ -312,7 +313,8 @@ def prodigy(learning_rate=1.0, betas=(0.9, 0.999), beta3=None, eps=1e-8, estim_l
         return chain(
             scale_by_prodigy(learning_rate, b1, b2, b3, eps, estim_lr0, estim_lr_coef, weight_decay,
                              safeguard_warmup=safeguard_warmup, bias_correction=bias_correction,
-                             mu_dtype=mu_dtype, nu_dtype=nu_dtype, count=count),
+                             weight_decay_mask=weight_decay_mask, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
+                             count=count),
             scale_by_learning_rate(learning_rate),
         )
 
