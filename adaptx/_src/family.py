@@ -634,6 +634,15 @@ def _tree_sum(tree, scalar):
     return sum((leaf.astype(scalar) for leaf in jax.tree.leaves(tree)), jnp.zeros([], scalar))
 
 
+def _initial_point(param):
+    """x₀ for the state: a copy, since the state must not hold the caller's buffer (a donated step
+    would delete it). A ShapeDtypeStruct describes only the layout (an abstract init, as for
+    checkpoint.restore, whose values replace it), so it gets zeros of that layout."""
+    if isinstance(param, jax.ShapeDtypeStruct):
+        return nx.full_like_param(param, 0, param.dtype)
+    return jnp.array(param, copy=True)
+
+
 def scale_by_prodigy(
     learning_rate: float = 1.0, b1: float = 0.9, b2: float = 0.999, b3: Optional[float] = None, eps: float = 1e-8,
     estim_lr0: float = 1e-6, estim_lr_coef: float = 1.0, weight_decay: float = 0.0, *,
@@ -658,7 +667,7 @@ def scale_by_prodigy(
     ``weight_decay_mask``: a tree of bools like the params (or a function of the params
     returning one), decay only where True (optax's; the decay sits inside this block because
     it is scaled by d, so :func:`adaptx.masked` cannot reach it).
-    Complex g: |g|², ⟨g, y⟩ = Re Σ conj(g)·y. ``count`` as in :func:`adaptx.scale_by_adam`.
+    Complex g: |g|², ⟨g, y⟩ = Re Σ conj(g)·y, ‖s‖₁ = Σ |Re s| + |Im s| (complex as pairs of reals). ``count`` as in :func:`adaptx.scale_by_adam`.
     """
     for name, value in (("learning_rate", learning_rate), ("b1", b1), ("b2", b2), ("eps", eps),
                         ("estim_lr0", estim_lr0), ("estim_lr_coef", estim_lr_coef), ("weight_decay", weight_decay)):
@@ -669,8 +678,7 @@ def scale_by_prodigy(
     def init(params):
         mu, nu = init_moments(params, mu_dtype, nu_dtype)
         scalar = nx.scalar_dtype()
-        # a copy: the state must not hold the caller's buffer, which a donated step would delete
-        params0 = jax.tree.map(lambda p: jnp.array(p, copy=True), params)
+        params0 = jax.tree.map(_initial_point, params)
         return nx.block_state(ScaleByProdigyState, ProdigyMoments, nx.initial_count(count), mu, nu,
                               nx.zeros_like_tree(params, mu_dtype), params0, jnp.asarray(estim_lr0, scalar),
                               jnp.zeros([], scalar))
@@ -703,7 +711,9 @@ def scale_by_prodigy(
             return mu, nu, s
 
         mu, nu, s = nx.unzip(jax.tree.map(moments, state.mu, state.nu, state.grad_sum, updates), updates, 3)
-        denominator = _tree_sum(jax.tree.map(lambda x: jnp.sum(jnp.abs(x)), s), scalar)
+        # ‖s‖₁ over real coordinates: a complex entry counts |Re| + |Im|, as the pair of reals it steps
+        denominator = _tree_sum(jax.tree.map(lambda x: jnp.sum(jnp.abs(jnp.real(x)) + jnp.abs(jnp.imag(x))), s),
+                                scalar)
         positive = denominator > 0
         estimate = nx.cast(estim_lr_coef, denominator) * numerator / jnp.where(positive, denominator, 1)
         new_d = jnp.where(positive, jnp.maximum(d, estimate), d)
