@@ -325,7 +325,7 @@ def as_float(leaves):
 
 
 class Prodigy(Reference):
-    """Mishchenko & Defazio (2024), Algorithm 4 (Prodigy, Adam version), γ = ``learning_rate``:
+    """Mishchenko & Defazio (2024), Prodigy's algorithm box in its Adam version, γ = ``learning_rate``:
 
         m ← β₁m + (1 − β₁)·d·g,   v ← β₂v + (1 − β₂)·d²·g²
         r ← β₃r + (1 − β₃)·γd²·⟨g, x₀ − x⟩,   s ← β₃s + (1 − β₃)·γd²·g,   β₃ = √β₂

@@ -649,7 +649,7 @@ def scale_by_prodigy(
     safeguard_warmup: bool = False, bias_correction: bool = True, weight_decay_mask: Optional[Any] = None,
     mu_dtype: Optional[Any] = None, nu_dtype: Optional[Any] = None, count: Optional[jax.Array] = None,
 ) -> GradientTransformation:
-    """Prodigy's direction (Mishchenko & Defazio, 2024, Algorithm 4, Adam version), before −γ.
+    """Prodigy's direction (Mishchenko & Defazio, 2024, the algorithm's Adam version), before −γ.
 
         m ← β₁·m + (1 − β₁)·d·g,    v ← β₂·v + (1 − β₂)·d²·|g|²
         r ← β₃·r + γ·d²·c·⟨g, x₀ − x⟩,    s ← β₃·s + γ·d²·c·g      (β₃ = √β₂ unless given)
