@@ -63,12 +63,12 @@ __all__ = [
 from adaptx._src.family import (  # noqa: E402
     ScaleByAdanState, ScaleByAdemamixState, scale_by_ademamix, scale_by_adopt, ScaleByLionState, ScaleByNovogradState, ScaleByRpropState, scale_by_adan, scale_by_novograd,
     scale_by_belief, scale_by_lion, scale_by_radam, scale_by_rprop,
-    scale_by_trust_ratio, scale_by_yogi, scale_by_corrected_rms,
+    scale_by_trust_ratio, scale_by_yogi, scale_by_corrected_rms, scale_by_prodigy, ScaleByProdigyState,
 )
 from adaptx._src.schedule_free import ScheduleFreeState, schedule_free, schedule_free_eval_params  # noqa: E402
 from adaptx._src.family_aliases import (  # noqa: E402
-    adabelief, adamaxw, ademamix, adan, adopt, lamb, lion, nadamw, novograd, radam, rprop, schedule_free_adamw,
-    yogi,
+    adabelief, adamaxw, ademamix, adan, adopt, lamb, lion, nadamw, novograd, prodigy, radam, rprop,
+    schedule_free_adamw, yogi,
 )
 
 __all__ += [
@@ -78,4 +78,5 @@ __all__ += [
     "scale_by_adopt", "scale_by_ademamix", "ScaleByAdemamixState", "adopt", "ademamix",
     "scale_by_corrected_rms", "schedule_free", "schedule_free_eval_params", "ScheduleFreeState", "schedule_free_adamw",
     "radam", "adabelief", "yogi", "lion", "lamb", "nadamw", "adamaxw", "rprop",
+    "scale_by_prodigy", "ScaleByProdigyState", "prodigy",
 ]

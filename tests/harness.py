@@ -395,3 +395,27 @@ def relative_deviation(got, want) -> float:
 def identical(got, want) -> bool:
     return all(np.array_equal(np.asarray(g), np.asarray(w))
                for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True))
+
+
+# Prodigy (issue 13): d·g 1, m 3, v 4; c = √(1 − β₂ᵗ)/(1 − β₁ᵗ) 2 and 4 transcendentals, d·γ·c 2,
+# d/d₀ 1; r ← β₃r + (d/d₀)·dlr·⟨g, x₀ − x⟩: x₀ − x 1, ·g 1, a sum over at most 30 elements (the
+# test pytrees) 30, the weights 2, the EMA 2; d' = κ·r/‖s‖₁ 2 (‖s‖₁'s sum is as long as r's);
+# the step: d'·ε, √v, +, ÷ 4, + λθ 2, ·d·c 2, ·(−γ) 1, θ + u 1.
+STEP_COST.update(prodigy=(58, 4))
+# LAMB: Adam's chain 20 and 4, the decay inside r 2, then the trust ratio: ‖θ‖ and ‖r‖ over at
+# most 30 elements (Σx² 30, √ 1), the ratio 1 and its product 1; keras' ratio reads θ − θλη 2.
+STEP_COST.update(lamb=(58, 4))
+# The rest of the adaptive family, counted as above (decay λθ 2 where the alias has one):
+STEP_COST.update(
+    adabelief=(22, 4),  # adam's chain, plus g − m 1 and its square 1
+    yogi=(20, 4),  # m 3, g² 1, v − g² 1 (sign exact), (1 − β₂)·sign·g² 2, v − · 1, then adam's divisions
+    nadamw=(26, 4),  # nadam's chain and the decay
+    adamaxw=(14, 2),  # adamax's chain and the decay
+    novograd=(42, 0),  # ‖g‖² over ≤ 30 elements 30, v 3, √ + ε 2, g/· 1, + λθ 2, β₁m + · 2, ·η 1, θ + u 1
+    adan=(24, 6),  # Δ 1, m 3, v 3, g + cΔ 2, ² 1, n 3, n̂ √ + ε 3, m̂ + c·v̂ 3, ÷ 1, decay 2, η 1, θ 1; 3 corrections
+    adopt=(12, 1),  # √v 1, g/· 1 (max, clip exact), k^¼ 1 transcendental, m 3, v 4, ·η 1, θ + u 1
+    ademamix=(27, 4),  # adam's chain, the slow EMA 3, + α·m₂ 2, the decay 2
+    # v 4, √v̂ + ε 3, g/· 1, decay 2, ·η 1, z + 1, x from y and z 3, x + c(z − x) 3, c = w/Σw 2 and the
+    # power 1 transcendental, y 3, y_new − y 1, θ + u 1; 1 − β₂ᵗ 2 transcendentals
+    schedule_free_adamw=(28, 3),
+)

@@ -322,3 +322,50 @@ class ScheduleFreeAdamW(Reference):
 
 def as_float(leaves):
     return [np.array(leaf, np.float64) for leaf in leaves]
+
+
+class Prodigy(Reference):
+    """Mishchenko & Defazio (2024), Prodigy's algorithm box in its Adam version, γ = ``learning_rate``:
+
+        m ← β₁m + (1 − β₁)·d·g,   v ← β₂v + (1 − β₂)·d²·g²
+        r ← β₃r + (1 − β₃)·γd²·⟨g, x₀ − x⟩,   s ← β₃s + (1 − β₃)·γd²·g,   β₃ = √β₂
+        d' = max(d, r / ‖s‖₁),   x ← x − γd·m / (√v + dε)
+
+    with ⟨·,·⟩ and ‖·‖₁ over every leaf. The box's scaling is kept: (1 − β₃) in r and s and
+    no division by d₀ (optax and adaptx drop the one and add the other; both cancel in r/‖s‖₁).
+    The options are the implementations' additions, each off in the box:
+    ``bias_correction`` replaces γ by γ·√(1 − β₂ᵗ)/(1 − β₁ᵗ) in r, s and the step (optax);
+    ``estim_lr_coef`` multiplies r/‖s‖₁; ``weight_decay`` λ adds −γd·c·λx (decoupled, the
+    authors' code and optax); ``safeguard_warmup`` drops γ·c from s; ``eps_with_new_d`` puts
+    d' in place of d beside ε (the authors' code and optax). Where ‖s‖₁ = 0, d stays.
+    """
+
+    def __init__(self, params, learning_rate=1.0, b1=0.9, b2=0.999, b3=None, eps=1e-8, estim_lr0=1e-6,
+                 estim_lr_coef=1.0, weight_decay=0.0, safeguard_warmup=False, bias_correction=False,
+                 eps_with_new_d=False):
+        super().__init__(learning_rate)
+        self.b1, self.b2, self.b3 = b1, b2, np.sqrt(b2) if b3 is None else b3
+        self.eps, self.d, self.coef, self.weight_decay = eps, estim_lr0, estim_lr_coef, weight_decay
+        self.safeguard, self.bias, self.new_d = safeguard_warmup, bias_correction, eps_with_new_d
+        self.x0 = as_float(params)
+        self.m, self.v, self.s = zeros_like(params), zeros_like(params), zeros_like(params)
+        self.r = 0.0
+
+    def step(self, grads, params=None):
+        self.t += 1
+        grads, params = as_float(grads), as_float(params)
+        b1, b2, b3, t, d = self.b1, self.b2, self.b3, self.t, self.d
+        c = np.sqrt(1 - b2 ** t) / (1 - b1 ** t) if self.bias else 1.0
+        gamma = self.learning_rate * c
+        dot = sum(float(np.sum(g * (x0 - x))) for g, x0, x in zip(grads, self.x0, params))
+        self.r = b3 * self.r + (1 - b3) * gamma * d * d * dot
+        for i, g in enumerate(grads):
+            self.m[i] = b1 * self.m[i] + (1 - b1) * d * g
+            self.v[i] = b2 * self.v[i] + (1 - b2) * d * d * g * g
+            self.s[i] = b3 * self.s[i] + (1 - b3) * (d if self.safeguard else gamma * d) * d * g
+        norm = sum(float(np.sum(np.abs(s))) for s in self.s)
+        new_d = max(d, self.coef * self.r / norm) if norm > 0 else d
+        self.d = new_d
+        floor = (new_d if self.new_d else d) * self.eps
+        return [-gamma * d * (m / (np.sqrt(v) + floor) + self.weight_decay * x)
+                for m, v, x in zip(self.m, self.v, params)]

@@ -596,3 +596,143 @@ def scale_by_corrected_rms(
         return out, nx.block_state(CorrectedRmsState, CorrectedRmsMoment, own, nu)
 
     return GradientTransformation(init, update)
+
+
+RANGES.update(
+    estim_lr0=(0.0, math.inf, False, False),
+    estim_lr_coef=(0.0, math.inf, False, False),
+)
+RANGE_OF.update(estim_lr0="estim_lr0", estim_lr_coef="estim_lr_coef")
+
+
+class ScaleByProdigyState(NamedTuple):
+    count: jax.Array
+    mu: Any  # EMA of d·g
+    nu: Any  # EMA of d²·|g|²
+    grad_sum: Any  # s, kept divided by d₀ and without the paper's (1 − β₃) (optax's scaling)
+    params0: Any  # x₀, the params at init
+    estim_lr: jax.Array  # d, the distance estimate
+    numerator: jax.Array  # r, scaled as s
+
+
+class ProdigyMoments(NamedTuple):
+    mu: Any
+    nu: Any
+    grad_sum: Any
+    params0: Any
+    estim_lr: jax.Array
+    numerator: jax.Array
+
+
+def _real(x):
+    """The real dtype of ``x``'s (float for complex): what a real scalar is cast to before it scales x."""
+    return jnp.finfo(x.dtype).dtype
+
+
+def _tree_sum(tree, scalar):
+    """Σ over leaves of per-leaf scalars, in the scalar dtype (0 for an empty tree)."""
+    return sum((leaf.astype(scalar) for leaf in jax.tree.leaves(tree)), jnp.zeros([], scalar))
+
+
+def _initial_point(param):
+    """x₀ for the state: a copy, since the state must not hold the caller's buffer (a donated step
+    would delete it). A ShapeDtypeStruct describes only the layout (an abstract init, as for
+    checkpoint.restore, whose values replace it), so it gets zeros of that layout."""
+    if isinstance(param, jax.ShapeDtypeStruct):
+        return nx.full_like_param(param, 0, param.dtype)
+    return jnp.array(param, copy=True)
+
+
+def scale_by_prodigy(
+    learning_rate: float = 1.0, b1: float = 0.9, b2: float = 0.999, b3: Optional[float] = None, eps: float = 1e-8,
+    estim_lr0: float = 1e-6, estim_lr_coef: float = 1.0, weight_decay: float = 0.0, *,
+    safeguard_warmup: bool = False, bias_correction: bool = True, weight_decay_mask: Optional[Any] = None,
+    mu_dtype: Optional[Any] = None, nu_dtype: Optional[Any] = None, count: Optional[jax.Array] = None,
+) -> GradientTransformation:
+    """Prodigy's direction (Mishchenko & Defazio, 2024, the algorithm's Adam version), before −γ.
+
+        m ← β₁·m + (1 − β₁)·d·g,    v ← β₂·v + (1 − β₂)·d²·|g|²
+        r ← β₃·r + γ·d²·c·⟨g, x₀ − x⟩,    s ← β₃·s + γ·d²·c·g      (β₃ = √β₂ unless given)
+        d' = max(d, κ·r / ‖s‖₁),    u = d·c·(m / (√v + d'·ε) + λ·x)
+
+    γ = ``learning_rate`` (its schedule's value; the alias multiplies by −γ
+    after), κ = ``estim_lr_coef``, d₀ = ``estim_lr0`` (read at init, so a
+    construction argument), c = √(1 − β₂ᵗ)/(1 − β₁ᵗ) with ``bias_correction``
+    (optax) and 1 in the paper's box. ε meets d' (optax, the authors' code; the
+    box writes d). ``safeguard_warmup`` drops γ·c from s (optax, the authors'
+    code). λ: decoupled decay scaled by d·c·γ as optax. r and s are kept
+    divided by d₀ and without the box's (1 − β₃): both factors cancel in r/‖s‖₁,
+    and d²/d₀ keeps their float32 magnitudes near the gradients'. Where
+    ‖s‖₁ = 0 (only zero gradients so far) d stays; optax's d turns NaN there.
+    ``weight_decay_mask``: a tree of bools like the params (or a function of the params
+    returning one), decay only where True (optax's; the decay sits inside this block because
+    it is scaled by d, so :func:`adaptx.masked` cannot reach it).
+    Complex g: |g|², ⟨g, y⟩ = Re Σ conj(g)·y, ‖s‖₁ = Σ |Re s| + |Im s| (complex as pairs of reals). ``count`` as in :func:`adaptx.scale_by_adam`.
+    """
+    for name, value in (("learning_rate", learning_rate), ("b1", b1), ("b2", b2), ("eps", eps),
+                        ("estim_lr0", estim_lr0), ("estim_lr_coef", estim_lr_coef), ("weight_decay", weight_decay)):
+        check_range(name, value)
+    if b3 is not None:
+        check_range("b3", b3)
+
+    def init(params):
+        mu, nu = init_moments(params, mu_dtype, nu_dtype)
+        scalar = nx.scalar_dtype()
+        params0 = jax.tree.map(_initial_point, params)
+        return nx.block_state(ScaleByProdigyState, ProdigyMoments, nx.initial_count(count), mu, nu,
+                              nx.zeros_like_tree(params, mu_dtype), params0, jnp.asarray(estim_lr0, scalar),
+                              jnp.zeros([], scalar))
+
+    def update(updates, state, params=None, **extra_args):
+        if params is None:
+            raise ValueError("scale_by_prodigy needs params: call update(grads, state, params)")
+        check_tree_match(updates, state.mu, "first moment")
+        check_tree_match(params, state.params0, "initial params", subject="params")
+        step, own = nx.this_step(count, state)
+        scalar = nx.scalar_dtype()
+        d = state.estim_lr
+        beta3 = jnp.sqrt(jnp.asarray(nx.rate_value(b2), scalar)) if b3 is None else jnp.asarray(nx.rate_value(b3), scalar)
+        c = (jnp.sqrt(nx.bias_correction(b2, step)) / nx.bias_correction(b1, step)) if bias_correction else 1.0
+        dlr = d * jnp.asarray(learning_rate, scalar) * c
+        ratio = d / jnp.asarray(estim_lr0, scalar)
+        s_weight = ratio * (d if safeguard_warmup else dlr)
+
+        def inner(g, p0, p):
+            dt = nx.accumulator_dtype(g)
+            return jnp.sum(jnp.real(jnp.conj(g.astype(dt)) * (p0.astype(dt) - p.astype(dt))))
+
+        numerator = beta3 * state.numerator + ratio * dlr * _tree_sum(
+            jax.tree.map(inner, updates, state.params0, params), scalar)
+
+        def moments(mu, nu, s, g):
+            dg = g.astype(mu.dtype) * nx.cast(d, _real(mu))
+            mu, nu = nx.ema(mu, dg, b1), nx.ema(nu, nx.abs_sq(dg, nu), b2)
+            s = nx.cast(beta3, _real(s)) * s + nx.cast(s_weight, _real(s)) * g.astype(s.dtype)
+            return mu, nu, s
+
+        mu, nu, s = nx.unzip(jax.tree.map(moments, state.mu, state.nu, state.grad_sum, updates), updates, 3)
+        # ‖s‖₁ over real coordinates: a complex entry counts |Re| + |Im|, as the pair of reals it steps
+        denominator = _tree_sum(jax.tree.map(lambda x: jnp.sum(jnp.abs(jnp.real(x)) + jnp.abs(jnp.imag(x))), s),
+                                scalar)
+        positive = denominator > 0
+        estimate = nx.cast(estim_lr_coef, denominator) * numerator / jnp.where(positive, denominator, 1)
+        new_d = jnp.where(positive, jnp.maximum(d, estimate), d)
+        step_scale = d * c
+
+        def leaf(m, root, g, p, decays=True):
+            dt = m.dtype
+            u = m / (root + (new_d * nx.cast(eps, new_d)).astype(root.dtype))
+            if decays is not False and not _is_zero(weight_decay):
+                u = u + jnp.where(decays, nx.cast(weight_decay, _real(m)), 0) * p.astype(dt)
+            return (nx.cast(step_scale, _real(m)) * u).astype(g.dtype)
+
+        masks = () if weight_decay_mask is None else (
+            weight_decay_mask(params) if callable(weight_decay_mask) else weight_decay_mask,)
+        if masks and jax.tree.structure(masks[0]) != jax.tree.structure(params):
+            raise ValueError(f"weight_decay_mask must be a tree of bools shaped like the params' tree,"
+                             f" one per leaf: got {jax.tree.structure(masks[0])} for {jax.tree.structure(params)}")
+        out = jax.tree.map(leaf, mu, nx.safe_sqrt(nu), updates, params, *masks)
+        return out, nx.block_state(ScaleByProdigyState, ProdigyMoments, own, mu, nu, s, state.params0, new_d,
+                                   numerator)
+
+    return GradientTransformation(init, update)

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 from adaptx._src.adam import scale_by_adam, scale_by_adamax, scale_by_nadam
 from adaptx._src.base import GradientTransformation, chain
 from adaptx._src.family import (
-    scale_by_ademamix, scale_by_adan, scale_by_adopt, scale_by_belief, scale_by_corrected_rms, scale_by_lion, scale_by_novograd, scale_by_radam, scale_by_rprop,
+    scale_by_ademamix, scale_by_adan, scale_by_adopt, scale_by_belief, scale_by_corrected_rms, scale_by_lion, scale_by_novograd,
+    scale_by_prodigy, scale_by_radam, scale_by_rprop,
     scale_by_trust_ratio, scale_by_yogi,
 )
 from adaptx._src.groups import masked
@@ -285,3 +286,40 @@ def schedule_free_adamw(learning_rate=2.5e-3, warmup_steps=None, b1=0.9, b2=0.99
 
     return with_hyperparams(build, rates=_ADAM_RATES, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
                             weight_decay=weight_decay, weight_lr_power=weight_lr_power)
+
+
+def prodigy(learning_rate=1.0, betas=(0.9, 0.999), beta3=None, eps=1e-8, estim_lr0=1e-6, estim_lr_coef=1.0,
+            weight_decay=0.0, safeguard_warmup=False, weight_decay_mask=None, *, bias_correction=True,
+            mu_dtype=None, nu_dtype=None) -> GradientTransformation:
+    """Prodigy (Mishchenko & Defazio, 2024): Adam whose step size d is estimated as it goes.
+
+        d' = max(d, r/‖s‖₁),    θ ← θ − γ·d·c·(m / (√v + d'·ε) + λ·θ)
+
+    with m, v the moments of d·g and r, s the β₃-weighted sums of γd²c·⟨g, x₀ − x⟩
+    and γd²c·g (see :func:`adaptx.scale_by_prodigy`). optax.contrib.prodigy's
+    arguments and defaults: γ = ``learning_rate`` is a multiplier (or schedule)
+    on d, d₀ = ``estim_lr0``. The state names the betas ``b1``, ``b2`` and,
+    when given, ``b3`` (``beta3=None`` is √β₂, following a changed ``b2``);
+    ``estim_lr0`` fills the initial d, so it is a construction argument.
+    ``bias_correction=False`` is the paper's box (and the authors' default):
+    optax always multiplies by c = √(1 − β₂ᵗ)/(1 − β₁ᵗ). ``weight_decay_mask`` as
+    optax's (its current source; 0.2.8 has none).
+    """
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"betas must be a pair (b1, b2), got {betas!r}")
+    b1, b2 = betas
+
+    def build(count, learning_rate, b1, b2, eps, estim_lr_coef, weight_decay, b3=None):
+        return chain(
+            scale_by_prodigy(learning_rate, b1, b2, b3, eps, estim_lr0, estim_lr_coef, weight_decay,
+                             safeguard_warmup=safeguard_warmup, bias_correction=bias_correction,
+                             weight_decay_mask=weight_decay_mask, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
+                             count=count),
+            scale_by_learning_rate(learning_rate),
+        )
+
+    values = dict(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, estim_lr_coef=estim_lr_coef,
+                  weight_decay=weight_decay)
+    if beta3 is not None:
+        values["b3"] = beta3
+    return with_hyperparams(build, rates=_ADAM_RATES, **values)

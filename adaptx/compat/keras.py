@@ -464,3 +464,71 @@ def Adafactor(
 
     return _keras_optimizer(step, arguments, ("learning_rate", "beta_2_decay", "epsilon_1", "epsilon_2",
                                               "clip_threshold"))
+
+
+# --- Lamb (issue 13) ------------------------------------------------------------------------
+from adaptx._src.family import scale_by_trust_ratio  # noqa: E402
+
+__all__.append("Lamb")
+
+
+def keras_scale_by_lamb(b1, b2, eps, count) -> GradientTransformation:
+    """keras.optimizers.Lamb's direction before the trust ratio: r = m̂ / (√(v / (1 − β₂ᵗ)) + ε).
+
+    Unlike keras' Adam, ε meets the corrected √v̂; 1 − βᵗ is keras' float32
+    power, the moments m += (g − m)·(1 − β) with 1 − β in double.
+    """
+    def update(updates, state, params=None, **extra_args):
+        check_tree_match(updates, state.mu, "first moment")
+        step = nx.increment(count)
+        bias1, bias2 = _power_bias(b1, step), _power_bias(b2, step)
+
+        def leaf(mu, nu, g):
+            mu = nx.ema(mu, g, b1)
+            nu = nx.ema(nu, nx.abs_sq(g, nu), b2)
+            root = nx.safe_sqrt(nu / nx.cast(bias2, nu)) + nx.cast(eps, nu)
+            return mu, nu, ((mu / nx.cast(bias1, mu)) / root).astype(g.dtype)
+
+        mu, nu, out = nx.unzip(jax.tree.map(leaf, state.mu, state.nu, updates), updates, 3)
+        return out, AdamMoments(mu, nu)
+
+    return GradientTransformation(lambda params: AdamMoments(*_moments(params)), update)
+
+
+def keras_trust_ratio(weight_decay, learning_rate) -> GradientTransformation:
+    """:func:`adaptx.scale_by_trust_ratio` reading ‖θ‖ where keras does: after its base optimizer
+    decayed θ ← θ − θ·λ·η, which keras runs before ``update_step`` (no decay: θ itself)."""
+    ratio = scale_by_trust_ratio()
+    if weight_decay is None:
+        return ratio
+
+    def update(updates, state, params=None, **extra_args):
+        if params is None:
+            raise ValueError("Lamb needs params: call update(grads, state, params)")
+        decayed = jax.tree.map(lambda p: p - p * nx.cast(weight_decay, p) * nx.cast(learning_rate, p), params)
+        return ratio.update(updates, state, decayed)
+
+    return GradientTransformation(ratio.init, update)
+
+
+def Lamb(
+    learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None, clipnorm=None,
+    clipvalue=None, global_clipnorm=None, use_ema=False, ema_momentum=0.99,
+    ema_overwrite_frequency=None, loss_scale_factor=None, gradient_accumulation_steps=None, name=None,
+) -> GradientTransformation:
+    """``keras.optimizers.Lamb``: θ ← θ − η·(‖θ‖/‖r‖)·r,  r = m̂ / (√v̂ + ε)  (norms per variable).
+
+    :func:`keras_scale_by_lamb`, then :func:`adaptx.scale_by_trust_ratio` (ratio 1 where either
+    norm is 0, as keras). keras' λ is its base optimizer's decay, outside the ratio (the
+    paper and :func:`adaptx.lamb` put λθ inside r). keras decays θ before ``update_step``
+    reads ‖θ‖, so the ratio reads the decayed θ − θ·λ·η (:func:`keras_trust_ratio`); the
+    decay itself is applied after the step, as in every preset.
+    """
+    arguments = locals()
+
+    def step(count, learning_rate, beta_1, beta_2, epsilon, weight_decay=None):
+        return chain(keras_scale_by_lamb(beta_1, beta_2, epsilon, count),
+                     keras_trust_ratio(weight_decay, learning_rate), scale_by_learning_rate(learning_rate))
+
+    names = ("learning_rate", "beta_1", "beta_2", "epsilon") + (("weight_decay",) if weight_decay is not None else ())
+    return _keras_optimizer(step, arguments, names)

@@ -23,6 +23,20 @@ OPTIMIZERS = {
     "rmsprop": adaptx.rmsprop,
     "adam": adaptx.adam,
     "adamw": adaptx.adamw,
+    # the adaptive family (issue 13), rprop aside (full-batch, and its Δ₀ is not sweepable state)
+    "radam": adaptx.radam,
+    "adabelief": adaptx.adabelief,
+    "yogi": adaptx.yogi,
+    "lion": adaptx.lion,
+    "lamb": adaptx.lamb,
+    "nadamw": adaptx.nadamw,
+    "adamaxw": adaptx.adamaxw,
+    "novograd": adaptx.novograd,
+    "adan": adaptx.adan,
+    "adopt": adaptx.adopt,
+    "ademamix": adaptx.ademamix,
+    "schedule_free_adamw": adaptx.schedule_free_adamw,
+    "prodigy": lambda learning_rate: adaptx.prodigy(learning_rate),  # a multiplier on the estimated d
 }
 LEARNING_RATES = np.logspace(-4, 1, 16)  # three per decade
 BATCH_SIZE = 64

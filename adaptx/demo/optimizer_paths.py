@@ -29,6 +29,21 @@ OPTIMIZERS = {
     "adadelta": adaptx.adadelta,
     "adamax": adaptx.adamax,
     "nadam": adaptx.nadam,
+    # the adaptive family (issue 13); rprop is left out: its learning rate is the initial step
+    # Δ₀, read at init, so the learning-rate grid (set_hyperparams) cannot sweep it
+    "radam": adaptx.radam,
+    "adabelief": adaptx.adabelief,
+    "yogi": adaptx.yogi,
+    "lion": adaptx.lion,
+    "lamb": adaptx.lamb,
+    "nadamw": adaptx.nadamw,
+    "adamaxw": adaptx.adamaxw,
+    "novograd": adaptx.novograd,
+    "adan": adaptx.adan,
+    "adopt": adaptx.adopt,
+    "ademamix": adaptx.ademamix,
+    "schedule_free_adamw": adaptx.schedule_free_adamw,
+    "prodigy": lambda lr: adaptx.prodigy(lr),  # lr multiplies the estimated step d
 }
 LEARNING_RATES = 10.0 ** np.arange(-4.0, 0.25, 0.25)  # 1e-4 … 1, four per decade
 WORK = len(OPTIMIZERS) + len(PROBLEMS) + 1  # a sweep per optimizer, a path figure per problem, the losses

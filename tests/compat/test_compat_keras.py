@@ -64,7 +64,7 @@ def bound(preset, options=(), extra=(0, 0)):
     return rounding_bound(STEPS, sum(c[0] for c in costs), sum(c[1] for c in costs), implementations=2)
 
 
-PRESETS = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adadelta", "Adamax", "Nadam", "Lion"]
+PRESETS = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adadelta", "Adamax", "Nadam", "Lion", "Lamb"]
 # A matrix, and nested in a list a scalar and an empty leaf (keras accepts it).
 SHAPES = {"matrix": (3, 4), "nested": [(), (0, 3)]}
 
@@ -101,6 +101,7 @@ OWN = {
     "Adamax": ["learning_rate", "beta_1", "beta_2", "epsilon"],
     "Nadam": ["learning_rate", "beta_1", "beta_2", "epsilon"],
     "Lion": ["learning_rate", "beta_1", "beta_2"],
+    "Lamb": ["learning_rate", "beta_1", "beta_2", "epsilon"],
 }
 # keras optimizer attribute -> (adaptx state type, field, sign): the state both keep.
 _ADAM_STATE = {"_momentums": ((AdamMoments, AmsgradMoments), "mu", 1),
@@ -119,6 +120,7 @@ STATE = {
     "Nadam": {"_momentums": (NadamMoments, "mu", 1), "_velocities": (NadamMoments, "nu", 1),
               "_u_product": (NadamMoments, "mu_product", 1)},
     "Lion": {"_momentums": (ScaleByLionState, "mu", 1)},
+    "Lamb": {"_momentums": (AdamMoments, "mu", 1), "_velocities": (AdamMoments, "nu", 1)},
 }
 
 
@@ -157,6 +159,9 @@ CASES = [
     case("Nadam", "weight_decay", "clipvalue"),
     case("Lion", exact=True),
     case("Lion", "weight_decay", "global_clipnorm"),
+    case("Lamb"),
+    case("Lamb", "clipnorm", "loss_scale_factor"),
+    case("Lamb", "weight_decay", "global_clipnorm"),
 ]
 
 

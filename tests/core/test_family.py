@@ -22,7 +22,8 @@ import adaptx
 import reference_family as ref
 from _parity import log_uniform as p_log_uniform, random_grads, random_params as p_random_params
 from _parity import relative_deviation, trajectory as p_trajectory, uniform as p_uniform
-from harness import gradient_sequence, log_uniform, random_params, trajectory, uniform, worst_error
+from harness import float32_beta_ops
+from harness import gradient_sequence, log_uniform, random_params, rounding_bound, step_cost, trajectory, uniform, worst_error
 from test_reference import SAMPLERS, Case
 
 STEPS = 100
@@ -224,3 +225,229 @@ def test_schedule_free_eval_params_match_optax(optax_problem):
                                   adaptx.schedule_free_adamw(**h), params, grads)
     assert relative_deviation(adaptx.schedule_free_eval_params(got_state, got),
                               optax.contrib.schedule_free_eval_params(want_state, want)) <= 1e-5
+
+
+# --- Prodigy -----------------------------------------------------------------------------------
+
+def prodigy_gradients(params, steps, rng):
+    """Per coordinate a fixed scale 10^U(−6, 3) (so ε·d meets √v at the small ones) times |N(0, 1)|
+    per step, 20% exact zeros, and a sign that agrees with a fixed per-coordinate sign 80% of
+    the time: a drift, so ⟨g, x₀ − x⟩ builds up and d grows through decades (with signs at
+    random it would barely leave d₀; the test checks that it grows)."""
+    def leaf(p):
+        shape = (steps, *np.shape(p))
+        drift = rng.choice([-1.0, 1.0], np.shape(p))
+        sign = np.where(rng.uniform(size=shape) < 0.8, drift, -drift)
+        keep = rng.uniform(size=shape) > 0.2
+        scale = 10.0 ** rng.uniform(-6, 3, np.shape(p))
+        return (sign * keep * scale * np.abs(rng.normal(size=shape))).astype(np.float32)
+
+    return jax.tree.map(leaf, params)
+
+
+PRODIGY_SAMPLERS = {
+    "learning_rate": lambda rng: log_uniform(rng, 0.1, 1.0),  # a multiplier on d
+    "b1": lambda rng: uniform(rng, 0.5, 0.95),
+    "b2": lambda rng: uniform(rng, 0.9, 0.999),
+    "b3": lambda rng: uniform(rng, 0.9, 0.999),
+    "eps": lambda rng: log_uniform(rng, 1e-10, 1e-6),
+    "estim_lr0": lambda rng: log_uniform(rng, 1e-7, 1e-5),
+    "estim_lr_coef": lambda rng: uniform(rng, 0.5, 2.0),
+    "weight_decay": lambda rng: log_uniform(rng, 1e-4, 1e-1),
+}
+PRODIGY_SETTABLE = ("learning_rate", "b1", "b2", "eps", "estim_lr_coef", "weight_decay")
+# (id, construction options, drawn names beyond the settable ones, the reference's departures
+# from adaptx's choice that this case's draw tells apart: they move the reference by > 2 bounds,
+# samplers of its own)
+PRODIGY_CASES = [
+    ("prodigy", {}, ("estim_lr0",), (), {}),
+    ("prodigy-paper", {"bias_correction": False}, ("estim_lr0",), ("eps_with_new_d",), {}),
+    # without γ·c in s, d grows about γ times slower: γ near the recommended 1 lets it leave d₀
+    ("prodigy-safeguard-b3", {"safeguard_warmup": True}, ("b3",), ("bias_correction",),
+     {"learning_rate": lambda rng: uniform(rng, 0.5, 1.0)}),
+]
+
+
+def _prodigy(values, options):
+    values = dict(values)
+    b1, b2 = values.pop("b1"), values.pop("b2")
+    if "b3" in values:
+        values["beta3"] = values.pop("b3")
+    return adaptx.prodigy(betas=(b1, b2), **values, **options)
+
+
+def _prodigy_reference(params, values, options):
+    return ref.Prodigy(jax.tree.leaves(params), **values, eps_with_new_d=True,
+                       bias_correction=options.get("bias_correction", True),
+                       safeguard_warmup=options.get("safeguard_warmup", False))
+
+
+def _prodigy_problem(name):
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    params = random_params(rng)
+    return rng, params, prodigy_gradients(params, STEPS, rng)
+
+
+# the reference's attribute for each departure that a case may pin
+_REFERENCE_FLAG = {"eps_with_new_d": "new_d", "bias_correction": "bias"}
+
+
+@pytest.mark.parametrize("case", PRODIGY_CASES, ids=[c[0] for c in PRODIGY_CASES])
+def test_prodigy_matches_paper_reference(case):
+    """100 steps against the float64 box, then a second draw through set_hyperparams (one
+    compilation). d must have grown from d₀ (else the estimate went untested), and the listed
+    departures from the box must be told apart from adaptx's choice by more than twice the bound."""
+    name, options, extra, pinned, samplers = case
+    rng, params, grads = _prodigy_problem(name)
+    draw = lambda: {k: {**PRODIGY_SAMPLERS, **samplers}[k](rng) for k in PRODIGY_SETTABLE + extra}  # noqa: E731
+    values = draw()
+    tx = _prodigy(values, options)
+    run = trajectory(tx)
+    bound = rounding_bound(STEPS, *step_cost("prodigy"))
+    d0 = values.get("estim_lr0", 1e-6)
+    for state, settable in ((tx.init(params), {}), (None, {k: v for k, v in draw().items() if k in PRODIGY_SETTABLE})):
+        if settable:
+            state = adaptx.set_hyperparams(tx.init(params), **settable)
+            values = {**values, **settable}
+        updates, seen = run(state, params, grads, STEPS)
+        model = _prodigy_reference(params, values, options)
+        error, step, leaf = worst_error(updates, seen, grads, model.step)
+        assert error <= bound, f"{name} with {values}: {error:.3g} > {bound:.3g} at step {step}, leaf {leaf}"
+        assert model.d >= 2 * d0, f"{name} with {values}: d stayed at {model.d:.3g} (d0 {d0:.3g})"
+        if settable:
+            continue
+        for departure in pinned:
+            other, flag = _prodigy_reference(params, values, options), _REFERENCE_FLAG[departure]
+            setattr(other, flag, not getattr(other, flag))
+            apart, _, _ = worst_error(updates, seen, grads, other.step)
+            assert apart > 2 * bound, f"{name}: {departure} flipped moves the reference by only {apart:.3g}"
+
+
+PRODIGY_OPTAX_CASES = [
+    ("prodigy", {}),
+    ("prodigy-weight_decay-beta3", {"weight_decay": True, "beta3": True}),
+    ("prodigy-safeguard", {"safeguard_warmup": True}),
+]
+
+
+@pytest.mark.parametrize("case", PRODIGY_OPTAX_CASES, ids=[c[0] for c in PRODIGY_OPTAX_CASES])
+def test_prodigy_reproduces_optax(case):
+    """200 steps against optax.contrib.prodigy in float32: params and d within twice the bound,
+    plus what optax's float32 β powers cost its c = √(1 − β₂ᵗ)/(1 − β₁ᵗ).
+
+    Not against optax in float64: both float32 programs compute x₀ − x from params that moved
+    by as little as d₀ from x₀, so ⟨g, x₀ − x⟩ carries the cancellation Σ|g||x| / |⟨g, x₀ − x⟩|
+    (up to 5e7 along these runs), and d = max(d, ·) keeps every upward error; optax's own
+    float32 run ends 1.8e-3 to 0.78 from its float64 one (benchmarks/family_deviation.py), as
+    far as adaptx's. The per-step comparison with the float64 box
+    (test_prodigy_matches_paper_reference) feeds both sides the same params, which takes that
+    conditioning out.
+    """
+    name, options = case
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    params = p_random_params(rng)
+    grads = prodigy_gradients(params, 200, rng)
+    draw = {k: PRODIGY_SAMPLERS[k](rng) for k in ("learning_rate", "b1", "b2", "eps", "estim_lr0", "estim_lr_coef",
+                                                   "weight_decay", "b3")}
+    h = {"learning_rate": draw["learning_rate"], "betas": (draw["b1"], draw["b2"]), "eps": draw["eps"],
+         "estim_lr0": draw["estim_lr0"], "estim_lr_coef": draw["estim_lr_coef"]}
+    if options.get("weight_decay"):
+        h["weight_decay"] = draw["weight_decay"]
+    if options.get("beta3"):
+        h["beta3"] = draw["b3"]
+    if options.get("safeguard_warmup"):
+        h["safeguard_warmup"] = True
+    got, got_state = p_trajectory(("adaptx-family", name), adaptx.prodigy(**h), params, grads)
+    want, want_state = p_trajectory(("optax-family", name), optax.contrib.prodigy(**h), params, grads)
+    d = float(want_state.estim_lr)
+    assert d >= 2 * h["estim_lr0"], f"d stayed at {d:.3g}: the estimate went untested"
+    ops, transcendentals = step_cost("prodigy")
+    between = rounding_bound(200, ops + float32_beta_ops(*h["betas"]), transcendentals, implementations=2)
+    assert relative_deviation(got, want) <= between, (relative_deviation(got, want), between, h)
+    ours_d = float(got_state.inner_state[0].estim_lr)
+    assert abs(ours_d - d) <= between * d, (ours_d, d, h)
+
+
+def test_prodigy_keeps_d_where_optax_turns_nan():
+    """A first gradient of zeros leaves ‖s‖₁ = 0: optax's d becomes 0/0 = NaN and so do the
+    params; adaptx keeps d (the authors' code skips the step) and takes the zero step."""
+    params = {"w": jnp.ones(3)}
+    zero = {"w": jnp.zeros(3)}
+    ours, theirs = adaptx.prodigy(), optax.contrib.prodigy()
+    u, state = ours.update(zero, ours.init(params), params)
+    assert np.all(np.asarray(u["w"]) == 0)
+    assert float(state.inner_state[0].estim_lr) == np.float32(1e-6)
+    u, _ = theirs.update(zero, theirs.init(params), params)
+    assert np.all(np.isnan(np.asarray(u["w"])))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(betas=(1.0, 0.999)), r"b1 must lie in \[0, 1\)"),
+    (dict(betas=(0.9, -0.1)), r"b2 must lie in \[0, 1\)"),
+    (dict(beta3=1.5), r"b3 must lie in \[0, 1\)"),
+    (dict(estim_lr0=0.0), r"estim_lr0 must lie in \(0, inf\)"),
+    (dict(estim_lr_coef=-1.0), r"estim_lr_coef must lie in \(0, inf\)"),
+    (dict(eps=-1e-8), r"eps must lie in \[0, inf\)"),
+    (dict(weight_decay=-1.0), r"weight_decay must lie in \[0, inf\)"),
+    (dict(learning_rate=-1.0), r"learning_rate must lie in \[0, inf\)"),
+    (dict(betas=0.9), "betas must be a pair"),
+])
+def test_prodigy_rejects_invalid_hyperparameters(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        adaptx.prodigy(**kwargs)
+
+
+def test_prodigy_accepts_traced_hyperparameters():
+    """Traced values are never range-checked: set under jit, the state steps as built with them."""
+    params = {"w": jnp.linspace(-1.0, 1.0, 4)}
+    grads = {"w": jnp.linspace(0.5, -1.5, 4)}
+    tx = adaptx.prodigy()
+
+    @jax.jit
+    def step(coef, b2):
+        state = adaptx.set_hyperparams(tx.init(params), estim_lr_coef=coef, b2=b2)
+        for _ in range(3):
+            u, state = tx.update(grads, state, params)
+        return u
+
+    built = adaptx.prodigy(betas=(0.9, float(np.float32(0.99))), estim_lr_coef=2.0)
+    state = built.init(params)
+    for _ in range(3):
+        want, state = built.update(grads, state, params)
+    np.testing.assert_allclose(step(2.0, 0.99)["w"], want["w"], rtol=1e-6)
+
+
+def test_prodigy_signature_is_optax():
+    """optax.contrib.prodigy's arguments, order and defaults; adaptx's additions are keyword-only.
+    (optax after 0.2.8 appends weight_decay_mask, which adaptx already takes in that place.)"""
+    import inspect
+
+    theirs = [(p.name, p.default) for p in inspect.signature(optax.contrib.prodigy).parameters.values()]
+    ours = [(p.name, p.default) for p in inspect.signature(adaptx.prodigy).parameters.values()
+            if p.kind != p.KEYWORD_ONLY]
+    assert ours[:len(theirs)] == theirs and ours[len(theirs):] in ([], [("weight_decay_mask", None)])
+
+
+def test_prodigy_weight_decay_mask_decays_only_where_true():
+    """Masked leaves step as with no decay at all, the others as with the decay (same program)."""
+    params = {"w": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3), "b": jnp.linspace(0.5, 1.5, 3)}
+    grads = jax.tree.map(lambda p: 0.3 * p + 0.1, params)
+
+    def run(tx):
+        state, p = tx.init(params), params
+        for _ in range(4):
+            u, state = tx.update(grads, state, p)
+            p = adaptx.apply_updates(p, u)
+        return p
+
+    # d₀ = 0.1: large enough that 4 steps of decay move the params visibly
+    decayed, plain = run(adaptx.prodigy(weight_decay=0.5, estim_lr0=0.1)), run(adaptx.prodigy(estim_lr0=0.1))
+    masked = run(adaptx.prodigy(weight_decay=0.5, estim_lr0=0.1, weight_decay_mask={"w": True, "b": False}))
+    by_function = run(adaptx.prodigy(weight_decay=0.5, estim_lr0=0.1,
+                                     weight_decay_mask=lambda p: {"w": True, "b": False}))
+    assert np.max(np.abs(decayed["b"] - plain["b"])) > 1e-2
+    np.testing.assert_allclose(masked["w"], decayed["w"], rtol=1e-6)
+    np.testing.assert_allclose(masked["b"], plain["b"], rtol=1e-6)
+    jax.tree.map(np.testing.assert_array_equal, by_function, masked)
+    with pytest.raises(ValueError, match="weight_decay_mask must be a tree"):
+        run(adaptx.prodigy(weight_decay=0.5, weight_decay_mask={"w": True}))

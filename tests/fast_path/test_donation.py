@@ -98,6 +98,8 @@ CASES = {
     "schedule_free_adamw": lambda: adaptx.schedule_free_adamw(0.01, warmup_steps=3, weight_decay=0.01),
     "torch_radam": lambda: T.RAdam(weight_decay=0.01, decoupled_weight_decay=True),
     "torch_rprop": lambda: T.Rprop(maximize=True),
+    # prodigy keeps a copy of the initial params: it must not be the params' own buffer
+    "prodigy": lambda: adaptx.prodigy(weight_decay=0.01),
     # the adaptive family's blocks, one chain (one compilation)
     "family_blocks": lambda: adaptx.chain(
         adaptx.scale_by_radam(nesterov=True), adaptx.scale_by_belief(), adaptx.scale_by_yogi(),
@@ -119,6 +121,7 @@ CASES = {
     "keras_adamax": lambda: K.Adamax(0.01),
     "keras_nadam": lambda: K.Nadam(0.01, weight_decay=0.01, loss_scale_factor=2.0),
     "keras_lion": lambda: K.Lion(0.01, weight_decay=0.01),
+    "keras_lamb": lambda: K.Lamb(0.01, weight_decay=0.01),
     "keras_sgd_schedule": lambda: K.SGD(lambda step: 0.1 / (1.0 + step), momentum=0.9),
     # wrappers
     "skip_nonfinite": lambda: adaptx.skip_nonfinite(adaptx.adam(0.01)),
