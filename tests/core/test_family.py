@@ -6,7 +6,7 @@ float32), 100 steps, every leaf's worst error relative to its largest value,
 bound STEPS·2⁻²⁴·4 ≈ 2.4e-5: float32 rounding compounding over the steps a
 moment remembers. Measured worst per case in ``MEASURED``.
 
-optax: ``_parity``'s 200 steps on fixed gradients (1e-6..1e3), params to 1e-5
+optax: ``harness.scan_trajectory``'s 200 steps on fixed gradients (1e-6..1e3), params to 1e-5
 per leaf as in test_optax_parity.
 """
 import functools
@@ -20,10 +20,9 @@ import pytest
 
 import adaptx
 import reference_family as ref
-from _parity import log_uniform as p_log_uniform, random_grads, random_params as p_random_params
-from _parity import relative_deviation, trajectory as p_trajectory, uniform as p_uniform
-from harness import float32_beta_ops
-from harness import gradient_sequence, log_uniform, random_params, rounding_bound, step_cost, trajectory, uniform, worst_error
+from harness import (float32_beta_ops, gradient_sequence, log_uniform, log_uniform_in, peer_params, random_params,
+                     relative_deviation, rounding_bound, scan_trajectory, step_cost, trajectory, uniform, uniform_in,
+                     wide_gradients, worst_error)
 from test_reference import SAMPLERS, Case
 
 STEPS = 100
@@ -139,9 +138,9 @@ def test_schedule_free_params_match_paper_reference(case):
     assert worst <= TOLERANCE, f"{case.id} with {values}: {worst:.3g}"
 
 
-LR, EPS = p_log_uniform(1e-4, 1e-1), p_log_uniform(1e-10, 1e-3)
-B1, B2 = p_uniform(0.0, 0.99), p_uniform(0.9, 0.999)
-WD = p_log_uniform(1e-4, 1e-1)
+LR, EPS = log_uniform_in(1e-4, 1e-1), log_uniform_in(1e-10, 1e-3)
+B1, B2 = uniform_in(0.0, 0.99), uniform_in(0.9, 0.999)
+WD = log_uniform_in(1e-4, 1e-1)
 ADAM_SPACE = {"learning_rate": LR, "b1": B1, "b2": B2, "eps": EPS}
 
 ALPHA_WARMUP = lambda count: 8.0 * jnp.minimum(count / 100.0, 1.0)  # noqa: E731
@@ -155,24 +154,24 @@ OPTAX_CASES = [
     ("adabelief", optax.adabelief, lambda h: adaptx.adabelief(**h), ADAM_SPACE),
     ("adabelief-nesterov", functools.partial(optax.adabelief, nesterov=True),
      lambda h: adaptx.adabelief(**h, nesterov=True), ADAM_SPACE),
-    ("yogi", optax.yogi, lambda h: adaptx.yogi(**h), {**ADAM_SPACE, "eps": p_log_uniform(1e-4, 1e-2)}),
+    ("yogi", optax.yogi, lambda h: adaptx.yogi(**h), {**ADAM_SPACE, "eps": log_uniform_in(1e-4, 1e-2)}),
     ("lion", optax.lion, lambda h: adaptx.lion(**h),
      {"learning_rate": LR, "b1": B1, "b2": B2, "weight_decay": WD}),
     ("lamb", optax.lamb, lambda h: adaptx.lamb(**h), {**ADAM_SPACE, "weight_decay": WD}),
     ("nadamw", optax.nadamw, lambda h: adaptx.nadamw(**h, momentum_decay=None), {**ADAM_SPACE, "weight_decay": WD}),
     ("adamaxw", optax.adamaxw, lambda h: adaptx.adamaxw(**h), {**ADAM_SPACE, "weight_decay": WD}),
     ("novograd", optax.novograd, lambda h: adaptx.novograd(**h),
-     {**ADAM_SPACE, "b2": p_uniform(0.1, 0.9), "eps": p_log_uniform(1e-8, 1e-4), "weight_decay": WD}),
+     {**ADAM_SPACE, "b2": uniform_in(0.1, 0.9), "eps": log_uniform_in(1e-8, 1e-4), "weight_decay": WD}),
     ("adan", optax.adan, lambda h: adaptx.adan(**h, diff_weight=1 - h["b2"]),
-     {**ADAM_SPACE, "b1": p_uniform(0.9, 0.99), "b2": p_uniform(0.8, 0.99), "b3": p_uniform(0.9, 0.999),
+     {**ADAM_SPACE, "b1": uniform_in(0.9, 0.99), "b2": uniform_in(0.8, 0.99), "b3": uniform_in(0.9, 0.999),
       "weight_decay": WD}),
-    ("adopt", optax.contrib.adopt, lambda h: adaptx.adopt(**h), {**ADAM_SPACE, "eps": p_log_uniform(1e-8, 1e-4)}),
+    ("adopt", optax.contrib.adopt, lambda h: adaptx.adopt(**h), {**ADAM_SPACE, "eps": log_uniform_in(1e-8, 1e-4)}),
     ("adopt-nesterov", functools.partial(optax.contrib.adopt, nesterov=True),
-     lambda h: adaptx.adopt(**h, nesterov=True), {**ADAM_SPACE, "eps": p_log_uniform(1e-8, 1e-4)}),
+     lambda h: adaptx.adopt(**h, nesterov=True), {**ADAM_SPACE, "eps": log_uniform_in(1e-8, 1e-4)}),
     ("ademamix", optax.contrib.ademamix, lambda h: adaptx.ademamix(**h),
-     {**ADAM_SPACE, "b3": p_uniform(0.99, 0.9999), "alpha": p_uniform(1.0, 10.0), "weight_decay": WD}),
+     {**ADAM_SPACE, "b3": uniform_in(0.99, 0.9999), "alpha": uniform_in(1.0, 10.0), "weight_decay": WD}),
     ("schedule_free_adamw", optax.contrib.schedule_free_adamw, lambda h: adaptx.schedule_free_adamw(**h),
-     {**ADAM_SPACE, "weight_decay": WD, "weight_lr_power": p_uniform(0.0, 3.0)}),
+     {**ADAM_SPACE, "weight_decay": WD, "weight_lr_power": uniform_in(0.0, 3.0)}),
     # the paper's warm-ups as schedules of the step (read at the updates applied so far, both sides)
     ("ademamix-schedules", lambda **h: optax.contrib.ademamix(**h, alpha=ALPHA_WARMUP, b3=B3_WARMUP),
      lambda h: adaptx.ademamix(**h, alpha=ALPHA_WARMUP, b3=B3_WARMUP), ADAM_SPACE),
@@ -182,8 +181,8 @@ OPTAX_CASES = [
 @pytest.fixture(scope="module")
 def optax_problem():
     rng = np.random.default_rng(1318)
-    params = p_random_params(rng)
-    return params, random_grads(rng, params)
+    params = peer_params(rng)
+    return params, wide_gradients(rng, params)
 
 
 @pytest.mark.parametrize("case", OPTAX_CASES, ids=[c[0] for c in OPTAX_CASES])
@@ -191,8 +190,8 @@ def test_reproduces_optax(case, optax_problem):
     name, theirs, ours, space = case
     rng = np.random.default_rng(OPTAX_CASES.index(case))
     h = {k: sample(rng) for k, sample in space.items()}
-    want, _ = p_trajectory(("optax-family", name), theirs(**h), *optax_problem)
-    got, _ = p_trajectory(("adaptx-family", name), ours(h), *optax_problem)
+    want, _ = scan_trajectory(("optax-family", name), theirs(**h), *optax_problem)
+    got, _ = scan_trajectory(("adaptx-family", name), ours(h), *optax_problem)
     assert relative_deviation(got, want) <= 1e-5, h
 
 
@@ -219,9 +218,9 @@ def test_schedule_free_eval_params_match_optax(optax_problem):
     """x = (y − (1 − β₁)z)/β₁ after 200 steps, from adaptx's state and from optax's."""
     h = {"learning_rate": 1e-2, "b1": 0.8, "weight_decay": 1e-3}
     params, grads = optax_problem
-    want, want_state = p_trajectory(("optax-family", "schedule_free_adamw-eval"),
+    want, want_state = scan_trajectory(("optax-family", "schedule_free_adamw-eval"),
                                     optax.contrib.schedule_free_adamw(**h), params, grads)
-    got, got_state = p_trajectory(("adaptx-family", "schedule_free_adamw-eval"),
+    got, got_state = scan_trajectory(("adaptx-family", "schedule_free_adamw-eval"),
                                   adaptx.schedule_free_adamw(**h), params, grads)
     assert relative_deviation(adaptx.schedule_free_eval_params(got_state, got),
                               optax.contrib.schedule_free_eval_params(want_state, want)) <= 1e-5
@@ -345,7 +344,7 @@ def test_prodigy_reproduces_optax(case):
     """
     name, options = case
     rng = np.random.default_rng(zlib.crc32(name.encode()))
-    params = p_random_params(rng)
+    params = peer_params(rng)
     grads = prodigy_gradients(params, 200, rng)
     draw = {k: PRODIGY_SAMPLERS[k](rng) for k in ("learning_rate", "b1", "b2", "eps", "estim_lr0", "estim_lr_coef",
                                                    "weight_decay", "b3")}
@@ -357,8 +356,8 @@ def test_prodigy_reproduces_optax(case):
         h["beta3"] = draw["b3"]
     if options.get("safeguard_warmup"):
         h["safeguard_warmup"] = True
-    got, got_state = p_trajectory(("adaptx-family", name), adaptx.prodigy(**h), params, grads)
-    want, want_state = p_trajectory(("optax-family", name), optax.contrib.prodigy(**h), params, grads)
+    got, got_state = scan_trajectory(("adaptx-family", name), adaptx.prodigy(**h), params, grads)
+    want, want_state = scan_trajectory(("optax-family", name), optax.contrib.prodigy(**h), params, grads)
     d = float(want_state.estim_lr)
     assert d >= 2 * h["estim_lr0"], f"d stayed at {d:.3g}: the estimate went untested"
     ops, transcendentals = step_cost("prodigy")

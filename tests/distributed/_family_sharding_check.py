@@ -1,4 +1,4 @@
-"""Every family optimizer on 8 simulated CPU devices; run by tests/test_family_integration.py in a
+"""Every family optimizer on 8 simulated CPU devices; run by tests/wrappers/test_family_integration.py in a
 process of its own (XLA fixes the device count when jax starts).
 
 Each method takes 3 jitted steps with params sharded over a 2×4 mesh and again with the same
@@ -15,7 +15,7 @@ import jax  # noqa: E402  (the flag above must be set first)
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
 from harness import assert_trees_within, step_cost  # noqa: E402
 from test_family_integration import FAMILY, STEPS, grads_of  # noqa: E402
 

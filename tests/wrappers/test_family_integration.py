@@ -21,7 +21,7 @@ import adaptx
 from adaptx import checkpoint
 from harness import relative_error, rounding_bound, step_cost
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 STEPS = 6
 
 # Every family optimizer, with settings where each moves the params visibly in a few steps.
@@ -150,7 +150,7 @@ def test_every_method_on_8_devices():
     """One subprocess for all methods: XLA fixes the device count when jax starts."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    done = subprocess.run([sys.executable, "tests/_family_sharding_check.py"], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "tests/distributed/_family_sharding_check.py"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr[-6000:]}"
     assert sorted(re.findall(r"PASS (\S+)", done.stdout)) == sorted(FAMILY), done.stdout
