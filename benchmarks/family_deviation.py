@@ -4,7 +4,7 @@ over 200), with the bound each test holds it to.
 
     python -m benchmarks.family_deviation        # from the repository root; prints a markdown table
 
-It reruns the tests' own cases (tests/test_family.py, tests/test_compat_keras.py), so the
+It reruns the tests' own cases (tests/core/test_family.py, tests/compat/test_compat_keras.py), so the
 numbers are the ones the suite asserts on; docs/optimizers.md quotes them.
 """
 import os
