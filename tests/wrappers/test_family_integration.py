@@ -150,7 +150,7 @@ def test_every_method_on_8_devices():
     """One subprocess for all methods: XLA fixes the device count when jax starts."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    done = subprocess.run([sys.executable, "tests/distributed/_family_sharding_check.py"], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "tests/wrappers/_family_sharding_check.py"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr[-6000:]}"
     assert sorted(re.findall(r"PASS (\S+)", done.stdout)) == sorted(FAMILY), done.stdout

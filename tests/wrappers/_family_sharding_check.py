@@ -15,7 +15,8 @@ import jax  # noqa: E402  (the flag above must be set first)
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # its test module, and tests/ for harness
 from harness import assert_trees_within, step_cost  # noqa: E402
 from test_family_integration import FAMILY, STEPS, grads_of  # noqa: E402
 
