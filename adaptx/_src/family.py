@@ -667,7 +667,8 @@ def scale_by_prodigy(
     ``weight_decay_mask``: a tree of bools like the params (or a function of the params
     returning one), decay only where True (optax's; the decay sits inside this block because
     it is scaled by d, so :func:`adaptx.masked` cannot reach it).
-    Complex g: |g|², ⟨g, y⟩ = Re Σ conj(g)·y, ‖s‖₁ = Σ |Re s| + |Im s| (complex as pairs of reals). ``count`` as in :func:`adaptx.scale_by_adam`.
+    Complex g: |g|², ⟨g, y⟩ = Re Σ conj(g)·y, ‖s‖₁ = Σ |Re s| + |Im s| (complex as pairs of
+    reals). ``count`` as in :func:`adaptx.scale_by_adam`.
     """
     for name, value in (("learning_rate", learning_rate), ("b1", b1), ("b2", b2), ("eps", eps),
                         ("estim_lr0", estim_lr0), ("estim_lr_coef", estim_lr_coef), ("weight_decay", weight_decay)):
