@@ -3,8 +3,8 @@ from pathlib import Path
 
 import numpy as np
 
-from adaptx.demo._extras import LogNorm, colormaps, new_figure, save_figure
-from adaptx.demo.problems import Problem
+from adaptx_demo._extras import LogNorm, colormaps, new_figure, save_figure
+from adaptx_demo.problems import Problem
 
 
 def _colours(names):

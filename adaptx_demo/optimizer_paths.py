@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import adaptx
-from adaptx.demo import descent, markdown
-from adaptx.demo.path_plots import plot_losses, plot_paths
-from adaptx.demo.problems import PROBLEMS
+from adaptx_demo import descent, markdown
+from adaptx_demo.path_plots import plot_losses, plot_paths
+from adaptx_demo.problems import PROBLEMS
 
 TITLE = "Every optimizer on an ill-conditioned quadratic and on Rosenbrock"
 OPTIMIZERS = {
@@ -31,56 +31,70 @@ OPTIMIZERS = {
     "nadam": adaptx.nadam,
 }
 LEARNING_RATES = 10.0 ** np.arange(-4.0, 0.25, 0.25)  # 1e-4 … 1, four per decade
-WORK = len(OPTIMIZERS) + len(PROBLEMS) + 1  # a sweep per optimizer, a path figure per problem, the losses
+WORK = 1 + len(PROBLEMS) + 1  # the sweeps (one program), a path figure per problem, the losses
 
 
 class Best(NamedTuple):
     learning_rate: float
     path: np.ndarray  # (steps + 1, 2)
     losses: np.ndarray  # (steps + 1,)
+    diverged: int  # how many of the grid's learning rates diverged (see diverged())
 
 
-def sweep(make) -> descent.Descent:
-    """Runs of shape (problem, learning rate, step), all problems for the longest one's steps."""
-    tx = make(float(LEARNING_RATES[0]))
+def sweeps(optimizers: dict) -> dict:
+    """``{name: (paths, losses)}``, NumPy arrays of shape (problem, learning rate, step[, 2]).
+
+    Every optimizer, problem and learning rate runs in one compiled program (a
+    program per optimizer pays XLA's per-program cost each time), all problems
+    for the longest one's steps.
+    """
+    txs = {name: make(float(LEARNING_RATES[0])) for name, make in optimizers.items()}
     losses = [problem.loss for problem in PROBLEMS]
     steps = max(problem.steps for problem in PROBLEMS)
 
-    def problem_sweep(index, start):
-        def loss(params):
-            return jax.lax.switch(index, losses, params)
+    def every_sweep(indices, starts):
+        def problem_sweep(tx, index, start):
+            def loss(params):
+                return jax.lax.switch(index, losses, params)
 
-        return descent.sweep_learning_rates(tx, loss, start, steps, LEARNING_RATES)
+            run = descent.sweep_learning_rates(tx, loss, start, steps, LEARNING_RATES)
+            return run.params, run.losses  # not the gradients and updates: nothing reads them
+
+        return {name: jax.vmap(lambda i, s, tx=tx: problem_sweep(tx, i, s))(indices, starts) for name, tx in txs.items()}
 
     starts = jnp.asarray([problem.start for problem in PROBLEMS])
-    return descent.compiled(jax.vmap(problem_sweep), jnp.arange(len(PROBLEMS)), starts)
+    return jax.device_get(descent.compiled(every_sweep, jnp.arange(len(PROBLEMS)), starts))
+
+
+def diverged(losses: np.ndarray) -> np.ndarray:
+    """Per run (the last axis is steps): a loss went non-finite, or ended above where it started."""
+    with np.errstate(invalid="ignore"):
+        return ~np.all(np.isfinite(losses), axis=-1) | ~(losses[..., -1] <= losses[..., 0])
 
 
 def pick(paths: np.ndarray, losses: np.ndarray) -> Best:
     """The run whose worst loss over its last tenth is lowest; a diverged run never wins."""
     tail = losses[:, -max(1, losses.shape[1] // 10):]
-    score = np.nan_to_num(tail.max(axis=1), nan=np.inf)
+    score = np.where(diverged(losses), np.inf, np.nan_to_num(tail.max(axis=1), nan=np.inf))
     best = int(np.argmin(score))
-    return Best(float(LEARNING_RATES[best]), paths[best], losses[best])
+    return Best(float(LEARNING_RATES[best]), paths[best], losses[best], int(diverged(losses).sum()))
 
 
 def section(out_dir: Path, progress, quick: bool = False) -> str:
+    label = f"paths: compile and run {len(OPTIMIZERS)} optimizers × {len(LEARNING_RATES)} η × {len(PROBLEMS)} problems"
+    with progress.phase(label):
+        runs = sweeps(OPTIMIZERS)
     results = {}
-    for name, make in OPTIMIZERS.items():
-        progress.set_postfix_str(name)
-        runs = sweep(make)
+    for name, (paths, losses) in runs.items():
         for i, problem in enumerate(PROBLEMS):
             steps = problem.steps + 1
-            paths = np.asarray(runs.params[i, :, :steps])
-            results[problem.name, name] = pick(paths, np.asarray(runs.losses[i, :, :steps], np.float64))
-        progress.update()
-    progress.set_postfix_str("plotting")
+            results[problem.name, name] = pick(paths[i, :, :steps], np.asarray(losses[i, :, :steps], np.float64))
     for problem in PROBLEMS:
-        plot_paths(problem, {n: results[problem.name, n] for n in OPTIMIZERS}, out_dir / f"paths_{problem.name}.png")
-        progress.update()
-    plot_losses(PROBLEMS, OPTIMIZERS, results, out_dir / "losses.png")
-    progress.update()
-    progress.set_postfix_str("")
+        figure = out_dir / f"paths_{problem.name}.png"
+        with progress.phase(f"paths: plot {figure.name}"):
+            plot_paths(problem, {n: results[problem.name, n] for n in OPTIMIZERS}, figure)
+    with progress.phase("paths: plot losses.png"):
+        plot_losses(PROBLEMS, OPTIMIZERS, results, out_dir / "losses.png")
     return _markdown(results, out_dir)
 
 
@@ -88,11 +102,11 @@ def _markdown(results, out_dir: Path) -> str:
     def cells(problem, name):
         best = results[problem.name, name]
         edge = " (largest tried)" if best.learning_rate == LEARNING_RATES[-1] else ""
-        return [f"{best.learning_rate:.3g}{edge}", f"{best.losses[-1]:.3g}"]
+        return [f"{best.learning_rate:.3g}{edge}", f"{best.losses[-1]:.3g}", f"{best.diverged}"]
 
     headers = ["optimizer"]
     for problem in PROBLEMS:
-        headers += [f"{problem.title}: η", f"final loss ({problem.steps} steps)"]
+        headers += [f"{problem.title}: η", f"final loss ({problem.steps} steps)", "η diverged"]
     rows = [[name, *(c for p in PROBLEMS for c in cells(p, name))] for name in OPTIMIZERS]
     problems = "\n".join(
         f"- {p.title}: {p.formula}, from {p.start} to the minimum at {p.minimum}, {p.steps} steps."
@@ -107,7 +121,9 @@ def _markdown(results, out_dir: Path) -> str:
         f"from {LEARNING_RATES[0]:g} to {LEARNING_RATES[-1]:g} (four per decade): the one whose worst "
         "loss over the last tenth of the run is lowest. The grid stops at 1 because larger steps "
         "throw these paths far off the plots before they settle; \"largest tried\" marks an "
-        "optimizer that might do better with more. The grid runs at once, with `jax.vmap` over "
+        "optimizer that might do better with more; \"η diverged\" counts the grid's values whose loss "
+        "went non-finite or ended above its starting value (they are never picked). The whole grid, of "
+        "every optimizer, runs as one compiled program, with `jax.vmap` over "
         "`adaptx.set_hyperparams`. Everything else is adaptx's default: sgd+momentum uses momentum "
         "0.9, adamw decays weights by 1e-2 (so its minimum is not exactly the problem's), and "
         "adadelta's first steps are of order √ε = 1e-3 and grow only with its own history of "
