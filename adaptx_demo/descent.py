@@ -35,13 +35,13 @@ def descend(tx: GradientTransformation, loss: Callable, params, steps: int, stat
     return Descent(path, jnp.append(losses, loss(last)), grads, updates)
 
 
-def compiled(function: Callable, *args):
-    """``jax.jit(function)(*args)``, compiled without XLA's backend optimizations.
+def compiled(function: Callable, *args, options=None):
+    """``jax.jit(function)(*args)``, compiled with XLA ``options`` (default: no backend optimizations).
 
-    The demo's runs take milliseconds and compiling them seconds, so optimizing
+    The demo's small runs take milliseconds and compiling them seconds, so optimizing
     the machine code would cost more time than it saves.
     """
-    return jax.jit(function).lower(*args).compile(_QUICK_COMPILE)(*args)
+    return jax.jit(function).lower(*args).compile(_QUICK_COMPILE if options is None else options)(*args)
 
 
 _QUICK_COMPILE = {"xla_backend_optimization_level": 0}

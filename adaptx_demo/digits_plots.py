@@ -91,8 +91,9 @@ def effective_rates(runs: list, learning_rates: np.ndarray, path: pathlib.Path) 
         ax.set_ylabel("rate at step t / rate at step 1")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=9)
-    figure.suptitle("Effective learning rate per layer, ‖update‖ / ‖gradient‖ (adaptx.monitor), relative to"
-                    " step 1: flat for SGD, falling for Adagrad, rising then settling with momentum")
+    figure.suptitle("Effective learning rate per layer, ‖update‖ / ‖gradient‖ (adaptx.monitor), relative to its"
+                    " value at step 1\nflat for SGD, falling for Adagrad (its accumulator only grows), rising with"
+                    " momentum")
     save_figure(figure, path)
 
 
@@ -117,9 +118,11 @@ def sweep_heatmap(runs: list, learning_rates: np.ndarray, path: pathlib.Path) ->
         ax.add_patch(Rectangle((run.best - 0.5, row - 0.5), 1, 1, fill=False, ec="red", lw=2))
     ax.set_xticks(range(len(learning_rates)), [f"{lr:.2g}" for lr in learning_rates], rotation=45, ha="right")
     ax.set_yticks(range(len(runs)), [run.name for run in runs])
+    marks = [f"hatched: at chance level ({chance.sum()} runs)" if chance.any() else "no run at chance level",
+             f"×: diverged ({diverged.sum()} runs)" if diverged.any() else "no run diverged"]
     ax.set(xlabel="learning rate η",
            title="Final test accuracy per learning rate (red: best, the lowest final train loss among runs that"
-                 " learned; hatched: at chance level; ×: diverged)")
+                 f" learned; {'; '.join(marks)})")
     figure.colorbar(image, ax=ax, format=PercentFormatter(1.0), label="test accuracy", pad=0.01)
     figure.supxlabel(verdicts.DEFINITION[0].upper() + verdicts.DEFINITION[1:] + ".", fontsize=8)
     save_figure(figure, path)

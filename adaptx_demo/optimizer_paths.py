@@ -44,26 +44,33 @@ class Best(NamedTuple):
 def sweeps(optimizers: dict) -> dict:
     """``{name: (paths, losses)}``, NumPy arrays of shape (problem, learning rate, step[, 2]).
 
-    Every optimizer, problem and learning rate runs in one compiled program (a
-    program per optimizer pays XLA's per-program cost each time), all problems
-    for the longest one's steps.
+    Every optimizer, problem and learning rate runs in one compiled program,
+    all problems for the longest one's steps: a ``jax.vmap`` over problems and
+    over (optimizer, learning rate) pairs, the optimizer picked by
+    :func:`descent.one_of`. A program per optimizer would pay XLA's
+    per-program cost each time, and compiling is most of this section's time.
     """
-    txs = {name: make(float(LEARNING_RATES[0])) for name, make in optimizers.items()}
+    tx = descent.one_of(make(float(LEARNING_RATES[0])) for make in optimizers.values())
     losses = [problem.loss for problem in PROBLEMS]
     steps = max(problem.steps for problem in PROBLEMS)
 
-    def every_sweep(indices, starts):
-        def problem_sweep(tx, index, start):
-            def loss(params):
-                return jax.lax.switch(index, losses, params)
+    def one(problem, start, index, learning_rate):
+        def loss(params):
+            return jax.lax.switch(problem, losses, params)
 
-            run = descent.sweep_learning_rates(tx, loss, start, steps, LEARNING_RATES)
-            return run.params, run.losses  # not the gradients and updates: nothing reads them
+        state = descent.choose(tx.init(start), index, learning_rate=learning_rate)
+        run = descent.descend(tx, loss, start, steps, state)
+        return run.params, run.losses  # not the gradients and updates: nothing reads them
 
-        return {name: jax.vmap(lambda i, s, tx=tx: problem_sweep(tx, i, s))(indices, starts) for name, tx in txs.items()}
-
+    every_run = jax.vmap(jax.vmap(one, in_axes=(None, None, 0, 0)), in_axes=(0, 0, None, None))
+    count = len(LEARNING_RATES)
+    # Run r is optimizer r // count at LEARNING_RATES[r % count].
+    indices = jnp.asarray(np.repeat(np.arange(len(optimizers), dtype=np.int32), count))
+    rates = jnp.asarray(np.tile(LEARNING_RATES.astype(np.float32), len(optimizers)))
     starts = jnp.asarray([problem.start for problem in PROBLEMS])
-    return jax.device_get(descent.compiled(every_sweep, jnp.arange(len(PROBLEMS)), starts))
+    paths, values = jax.device_get(descent.compiled(every_run, jnp.arange(len(PROBLEMS)), starts, indices, rates))
+    return {name: (paths[:, i * count:(i + 1) * count], values[:, i * count:(i + 1) * count])
+            for i, name in enumerate(optimizers)}
 
 
 def diverged(losses: np.ndarray) -> np.ndarray:
