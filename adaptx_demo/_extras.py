@@ -1,10 +1,9 @@
-"""The demo's required extras, matplotlib and scikit-learn, with the install command when one is missing.
+"""matplotlib, for the demo's plotting modules (which import this when they first plot).
 
-tqdm is optional (adaptx_demo.progress prints plain lines without it), so it is not checked here.
+A missing extra is reported by :mod:`adaptx_demo._requires` before anything runs;
+importing this module without matplotlib raises the same one-line message.
 """
-import importlib.util
-
-INSTALL = 'pip install "adaptx[demo]"'
+from adaptx_demo._requires import INSTALL, missing_message
 
 try:
     from matplotlib import colormaps
@@ -12,18 +11,7 @@ try:
     from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure
 except ImportError as error:
-    missing = (error.name or "matplotlib").split(".")[0]
-    raise ImportError(
-        f"the adaptx demo needs matplotlib and scikit-learn, and {missing} is not installed;"
-        f" install them with:  {INSTALL}"
-    ) from error
-# scikit-learn is imported only when the digits load (it takes a second or two); checking
-# here that it is installed fails at once instead of after the sections before the digits.
-if importlib.util.find_spec("sklearn") is None:
-    raise ImportError(
-        "the adaptx demo needs matplotlib and scikit-learn, and scikit-learn is not installed;"
-        f" install them with:  {INSTALL}"
-    )
+    raise ImportError(missing_message("matplotlib", "matplotlib")) from error
 
 __all__ = ["INSTALL", "LogNorm", "colormaps", "new_figure", "save_figure"]
 

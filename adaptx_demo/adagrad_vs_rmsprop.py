@@ -14,7 +14,6 @@ import numpy as np
 
 import adaptx
 from adaptx_demo import descent, markdown
-from adaptx_demo._extras import new_figure, save_figure
 
 TITLE = "Adagrad vs RMSProp on x²/2 (seed 000)"
 WORK = 2  # both runs (one program), the figure
@@ -64,6 +63,8 @@ def section(out_dir: Path, progress, quick: bool = False) -> str:
 
 
 def _plot(results, path: Path) -> None:
+    from adaptx_demo._extras import new_figure, save_figure  # matplotlib: imported when first needed
+
     figure = new_figure(figsize=(11, 4.2))
     trajectory, rates = figure.subplots(1, 2)
     for (name, (params, rate)), colour in zip(results.items(), ("tab:blue", "tab:orange")):

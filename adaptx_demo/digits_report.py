@@ -187,7 +187,7 @@ def _markdown(runs: list, data: digits.Split, steps: int) -> str:
     for run in runs:
         rate = run.at_best("rate")["layer1"]["w"] / run.learning_rate
         rows.append([
-            run.name, f"{run.learning_rate:.2g}", f"{run.final('train_loss'):.3f}", f"{run.final('train_acc'):.1%}",
+            run.name, f"{run.learning_rate:.2g}", f"{run.final('train_loss'):.3g}", f"{run.final('train_acc'):.1%}",
             f"{run.final('test_acc'):.1%}", f"{rate[0]:.3g} → {rate[-1]:.3g}",
         ])
         marks.append([run.name, *(_ranges(run.verdicts == v, run.learning_rates) for v in (verdicts.CHANCE, verdicts.DIVERGED))])
@@ -196,7 +196,7 @@ def _markdown(runs: list, data: digits.Split, steps: int) -> str:
         f"A 64-64-10 tanh MLP on scikit-learn's 8×8 digits ({len(data.y_train)} training,"
         f" {len(data.y_test)} test images), {steps} steps of minibatches of {BATCH_SIZE}."
         f" Each optimizer's {len(grid)} learning rates ({grid[0]:g} to {grid[-1]:.2g}) ran in one compiled program with every other optimizer's (`jax.vmap` over"
-        " `adaptx.set_hyperparams`), `adaptx.monitor` recording each layer's effective learning rate"
+        " (optimizer, learning rate) pairs, the learning rate set by `adaptx.set_hyperparams`), `adaptx.monitor` recording each layer's effective learning rate"
         " ‖update‖ / ‖gradient‖ at every step. The table and curves show each optimizer at its best"
         " learning rate: the lowest final train loss among the runs that learned (neither diverged nor"
         " at chance level). Train loss and train accuracy are on the full training set, test accuracy on"

@@ -15,7 +15,6 @@ import numpy as np
 
 import adaptx
 from adaptx_demo import descent, markdown
-from adaptx_demo.path_plots import plot_losses, plot_paths
 from adaptx_demo.problems import PROBLEMS
 
 TITLE = "Every optimizer on an ill-conditioned quadratic and on Rosenbrock"
@@ -87,10 +86,18 @@ def pick(paths: np.ndarray, losses: np.ndarray) -> Best:
     return Best(float(LEARNING_RATES[best]), paths[best], losses[best], int(diverged(losses).sum()))
 
 
-def section(out_dir: Path, progress, quick: bool = False) -> str:
+def start(quick: bool, executor):
+    """Submit :func:`sweeps` to ``executor``, for :func:`section`'s ``prepared``: it is mostly XLA
+    compiling, which releases the GIL and so overlaps the sections before this one."""
+    return executor.submit(sweeps, OPTIMIZERS)
+
+
+def section(out_dir: Path, progress, quick: bool = False, prepared=None) -> str:
     label = f"paths: compile and run {len(OPTIMIZERS)} optimizers × {len(LEARNING_RATES)} η × {len(PROBLEMS)} problems"
-    with progress.phase(label):
-        runs = sweeps(OPTIMIZERS)
+    with progress.phase(label + (" (started in the background)" if prepared is not None else "")):
+        runs = prepared.result() if prepared is not None else sweeps(OPTIMIZERS)
+    from adaptx_demo.path_plots import plot_losses, plot_paths  # matplotlib: imported when first needed
+
     results = {}
     for name, (paths, losses) in runs.items():
         for i, problem in enumerate(PROBLEMS):

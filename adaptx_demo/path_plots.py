@@ -52,7 +52,7 @@ LOSS_FLOOR = 1e-15
 
 def plot_losses(problems, names, results: dict, path: Path) -> None:
     """Loss per step, log scale, one panel per problem; losses below LOSS_FLOOR drawn at the floor."""
-    figure = new_figure(figsize=(12, 4.5))
+    figure = new_figure(figsize=(12, 5.6))
     colours = _colours(names)
     for axes, problem in zip(figure.subplots(1, len(problems), squeeze=False).ravel(), problems):
         clipped = False
@@ -66,10 +66,11 @@ def plot_losses(problems, names, results: dict, path: Path) -> None:
         if clipped:
             axes.axhline(LOSS_FLOOR, color="0.4", lw=0.8, ls=":")
             axes.annotate(f"floor: losses below {LOSS_FLOOR:g} (exactly 0 in float32) drawn here",
-                          (0.99, LOSS_FLOOR), xycoords=("axes fraction", "data"), ha="right", va="bottom",
-                          fontsize=7, color="0.3")
+                          (0.01, LOSS_FLOOR), xycoords=("axes fraction", "data"), ha="left", va="bottom",
+                          fontsize=8, color="0.3")
         axes.set(yscale="log", xlabel="step", ylabel="loss", title=f"{problem.title}: {problem.formula}")
         axes.grid(alpha=0.3, which="both")
-        axes.legend(fontsize=8, ncols=2)
+        # Below the panel: inside it, the legend hid the curves' ends and the floor's label.
+        axes.legend(fontsize=8, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.13))
     figure.suptitle("Loss per step with each optimizer's tuned learning rate")
     save_figure(figure, path)

@@ -8,8 +8,12 @@ from typing import Callable, NamedTuple, Optional
 import jax
 
 import adaptx
-from adaptx_demo import adagrad_vs_rmsprop, digits_report, markdown, optimizer_paths, rmsprop_table
-from adaptx_demo.progress import Progress
+from adaptx_demo import _requires
+
+_requires.check()  # before anything runs; the sections import matplotlib only when they first plot
+
+from adaptx_demo import adagrad_vs_rmsprop, digits_report, markdown, optimizer_paths, rmsprop_table  # noqa: E402
+from adaptx_demo.progress import Progress  # noqa: E402
 
 
 class Section(NamedTuple):
@@ -23,7 +27,7 @@ class Section(NamedTuple):
 SECTIONS = [
     Section(adagrad_vs_rmsprop.section, adagrad_vs_rmsprop.WORK),
     Section(rmsprop_table.section, rmsprop_table.WORK),
-    Section(optimizer_paths.section, optimizer_paths.WORK),
+    Section(optimizer_paths.section, optimizer_paths.WORK, start=optimizer_paths.start),
     Section(digits_report.section, digits_report.WORK, start=digits_report.start),
 ]
 
@@ -37,8 +41,10 @@ def run(out_dir, sections=None, progress_bar: bool = True, quick: bool = False) 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    # One background thread: the demo is sized for two cores, and the main thread keeps the other.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="adaptx-demo") as executor, \
+    # A thread per started section (the paths' and the digits' programs compile side by side, XLA
+    # releasing the GIL) while the main thread runs the small sections and plots.
+    workers = max(1, sum(section.start is not None for section in sections))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="adaptx-demo") as executor, \
             Progress(sum(s.work for s in sections), bar=None if progress_bar else False) as progress:
         started_early = [section.start and section.start(quick, executor) for section in sections]
         parts = [
