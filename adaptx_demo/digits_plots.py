@@ -11,7 +11,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import PercentFormatter
 
 from adaptx_demo import verdicts
-from adaptx_demo._extras import colormaps, new_figure, save_figure
+from adaptx_demo._extras import colormaps, grid_figure, new_figure, save_figure
 
 COLORS = colormaps["tab10"].colors
 LAYER_STYLES = {"w": "-", "b": ":"}
@@ -70,8 +70,8 @@ def effective_rates(runs: list, learning_rates: np.ndarray, path: pathlib.Path) 
     """
     columns = 3
     rows = -(-len(runs) // columns)
-    figure = new_figure(figsize=(4.3 * columns, 3.3 * rows + 0.6))
-    axes = figure.subplots(rows, columns, sharex=True, sharey=True, squeeze=False)
+    figure, axes = grid_figure(rows, columns, panel=(3.9, 2.8), margins=(0.75, 0.15, 0.95, 0.95), gaps=(0.15, 0.45),
+                               sharex=True, sharey=True)
     for run, ax in zip(runs, axes.flat):
         rates = run.at_best("rate")
         steps = np.arange(1, len(next(iter(rates.values()))["w"]) + 1)
@@ -90,7 +90,7 @@ def effective_rates(runs: list, learning_rates: np.ndarray, path: pathlib.Path) 
     for ax in axes[:, 0]:
         ax.set_ylabel("rate at step t / rate at step 1")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=9)
+    figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
     figure.suptitle("Effective learning rate per layer, ‖update‖ / ‖gradient‖ (adaptx.monitor), relative to its"
                     " value at step 1\nflat for SGD, falling for Adagrad (its accumulator only grows), rising with"
                     " momentum")

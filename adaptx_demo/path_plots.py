@@ -3,7 +3,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adaptx_demo._extras import LogNorm, colormaps, new_figure, save_figure
+from adaptx_demo._extras import colormaps, grid_figure, new_figure, save_figure
 from adaptx_demo.problems import Problem
 
 
@@ -20,14 +20,16 @@ def plot_paths(problem: Problem, results: dict, path: Path) -> None:
     """
     columns = 3
     rows = -(-len(results) // columns)
-    figure = new_figure(figsize=(4.2 * columns, 3.4 * rows))
-    panels = figure.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).ravel()
+    figure, panels = grid_figure(rows, columns, panel=(3.9, 2.9), margins=(0.75, 0.2, 0.6, 0.5), gaps=(0.3, 0.4),
+                                 sharex=True, sharey=True)
+    panels = panels.ravel()
     x, y, z = problem.grid(200)
     levels = np.geomspace(max(z.min(), 1e-3), z.max(), 16)
-    norm = LogNorm(levels[0], levels[-1])
+    # Dark blue at the minimum to mid blue far out: Blues' palest quarter vanished on white.
+    contour_colours = colormaps["Blues_r"](np.linspace(0.0, 0.7, len(levels)))
     colours = _colours(results)
     for axes, (name, best) in zip(panels, results.items()):
-        axes.contour(x, y, z, levels=levels, norm=norm, cmap="Blues_r", linewidths=0.7)
+        axes.contour(x, y, z, levels=levels, colors=contour_colours, linewidths=0.7)
         axes.plot(*best.path.T, color=colours[name], lw=1.4, marker=".", ms=3,
                   markevery=max(1, len(best.path) // 100))
         axes.plot(*problem.start, "o", color="black", ms=5, label="start")
