@@ -62,7 +62,8 @@ class Run:
         return float(self.learning_rates[self.best])
 
     def at_best(self, key):
-        return jax.tree.map(lambda x: x[self.best], self.metrics[key] if key in self.metrics else self.rates)
+        """A metric (one of METRICS) or, for ``"rate"``, the per-layer rates, at the best learning rate."""
+        return jax.tree.map(lambda x: x[self.best], self.rates if key == "rate" else self.metrics[key])
 
     def final(self, key) -> float:
         """A metric's last record (the final params) at the best learning rate: the table's number."""
