@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from adaptx_demo._extras import colormaps, grid_figure, new_figure, save_figure
 from adaptx_demo.problems import Problem
@@ -37,6 +38,8 @@ def plot_paths(problem: Problem, results: dict, path: Path) -> None:
         axes.plot(*problem.minimum, "*", color="red", ms=11, label="minimum")
         axes.set_title(f"{name}: η = {best.learning_rate:.3g}, final loss {best.losses[-1]:.2g}", fontsize=10)
         axes.set(xlim=problem.xlim, ylim=problem.ylim)
+    # Shared x axes side by side: a tick at each end would print "2.0−2.0" where the panels meet.
+    panels[0].xaxis.set_major_locator(MaxNLocator(nbins=8, prune="both"))
     for axes in panels[len(results):]:
         axes.set_visible(False)
     for axes in panels[-columns:]:
