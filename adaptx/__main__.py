@@ -1,30 +1,34 @@
-"""Command line: ``python -m adaptx demo [--out DIR]``."""
+"""Command line: ``python -m adaptx demo [--out DIR] [--quick]``.
+
+The demo lives in the separate package ``adaptx_demo`` (installed alongside adaptx,
+usable with the ``demo`` extra); this module only dispatches to it, so that the
+library never imports matplotlib or scikit-learn.
+"""
 import argparse
+import importlib
 import sys
-import time
+
+INSTALL = 'pip install "adaptx[demo]"'
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adaptx", description="adaptx command line")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser(
-        "demo", help="run the seed experiments and write PNG figures and summary.md",
-        description="Adagrad vs RMSProp, the RMSprop table, every optimizer's path on two 2-D problems,"
-        " and an MLP on scikit-learn's digits with effective learning rates and a learning-rate sweep.",
-    )
-    demo.add_argument("--out", default="adaptx-demo", help="output folder (default: %(default)s)")
-    demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    demo.add_argument("--quick", action="store_true", help="fewer training steps on the digits (CI-sized)")
-    args = parser.parse_args(argv)
-
-    try:
-        from adaptx import demo as demo_module
-    except ImportError as error:
-        parser.exit(1, f"error: {error}\n")
-    started = time.perf_counter()
-    summary = demo_module.run(args.out, progress_bar=not args.no_progress, quick=args.quick)
-    print(f"wrote {summary.parent}/ ({summary.name} and the figures) in {time.perf_counter() - started:.1f} s")
-    return 0
+    # The demo's own options (and its --help) are parsed by adaptx_demo.cli.
+    commands.add_parser("demo", add_help=False, help="run the demo: PNG figures and summary.md (python -m adaptx demo --help)")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "demo":
+        try:
+            from adaptx_demo import cli
+            if not {"-h", "--help"} & set(rest):
+                # Imports matplotlib and checks for scikit-learn: a missing extra fails here, in one line.
+                importlib.import_module("adaptx_demo.runner")
+        except ImportError as error:
+            if (error.name or "").split(".")[0] == "adaptx_demo":
+                error = f"the adaptx demo (package adaptx_demo) is not installed; install it with:  {INSTALL}"
+            parser.exit(1, f"error: {error}\n")
+        return cli.main(rest)
+    parser.error(f"unknown command {args.command}")
 
 
 if __name__ == "__main__":

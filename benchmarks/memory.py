@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import adaptx
-from adaptx import digits
+from adaptx_demo import digits
 from adaptx._src import quantize as qz
 
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import adaptx
-from adaptx import digits
+from adaptx_demo import digits
 
 OUT = pathlib.Path(__file__).with_name("RESULTS_sweeps.md")
 

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 import adaptx
-from adaptx import digits
+from adaptx_demo import digits
 
 STEPS = 600
 RATE_STATS = ("norm_ratio", "rate_mean", "rate_min", "rate_max", "frac_below")

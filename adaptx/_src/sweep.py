@@ -2,12 +2,12 @@
 import functools
 import itertools
 import math
+import sys
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from adaptx._src.base import GradientTransformation, apply_updates
 from adaptx._src.hyperparams import hyperparams, set_hyperparams
@@ -122,7 +122,7 @@ def sweep(
     outcomes = []
     label = progress if isinstance(progress, str) else "sweep"
     total = steps * math.ceil(len(settings) / chunk_size)
-    with tqdm(total=total, unit="step", desc=label, disable=not progress) as bar:
+    with _progress_bar(total, label, enabled=bool(progress)) as bar:
         for first in range(0, len(settings), chunk_size):
             chunk = settings[first:first + chunk_size]
             bar.set_postfix_str(f"settings {first + 1}-{first + len(chunk)} of {len(settings)}")
@@ -181,6 +181,51 @@ def _train_chunk(params, state, data, start, *, loss_fn, tx, batch_fn, record, r
         return params, state, losses.reshape(-1), records, loss_fn(params, batch_fn(data, end))
 
     return jax.vmap(train)(params, state)
+
+
+class _NoBar:
+    """The part of tqdm's bar that :func:`sweep` uses, doing nothing (progress off)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return False
+
+    def update(self, n=1):
+        pass
+
+    def set_postfix_str(self, text):
+        pass
+
+
+class _LineBar(_NoBar):
+    """Progress without tqdm: a line per chunk of settings and one at the end, on stderr."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.label, self.done = total, label, 0
+
+    def update(self, n=1):
+        self.done += n
+        if self.done == self.total:
+            print(f"{self.label}: {self.done}/{self.total} steps", file=sys.stderr, flush=True)
+
+    def set_postfix_str(self, text):
+        print(f"{self.label}: {self.done}/{self.total} steps, {text}", file=sys.stderr, flush=True)
+
+
+def _progress_bar(total: int, label: str, enabled: bool):
+    """tqdm's bar when progress is asked for and tqdm is installed, plain lines when it is not.
+
+    tqdm is imported here, not at module level, so that it stays an optional dependency.
+    """
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _LineBar(total, label)
+    return tqdm(total=total, unit="step", desc=label)
 
 
 def _check_positive(**values):

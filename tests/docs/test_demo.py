@@ -86,7 +86,7 @@ def test_rmsprop_table_matches_seed_003(demo):
 
 
 def test_adagrad_effective_learning_rate_shrinks_and_rmsprops_grows_back():
-    from adaptx.demo import adagrad_vs_rmsprop
+    from adaptx_demo import adagrad_vs_rmsprop
 
     (adagrad_path, adagrad), (rmsprop_path, rmsprop) = adagrad_vs_rmsprop.runs().values()
     assert adagrad_path.dtype == np.float64 and len(adagrad_path) == len(rmsprop_path) == 51
@@ -95,7 +95,7 @@ def test_adagrad_effective_learning_rate_shrinks_and_rmsprops_grows_back():
 
 
 def test_sections_are_pluggable(tmp_path):
-    from adaptx import demo
+    import adaptx_demo as demo
 
     def extra(out_dir, progress, quick):
         (out_dir / "extra.txt").write_text("written")
@@ -111,9 +111,8 @@ def test_sections_are_pluggable(tmp_path):
 
 def test_missing_demo_extras_tell_the_user_what_to_install(monkeypatch, capsys):
     for name in list(sys.modules):
-        if name.startswith("adaptx.demo"):
+        if name.split(".")[0] == "adaptx_demo":
             monkeypatch.delitem(sys.modules, name)
-    monkeypatch.delattr("adaptx.demo", raising=False)
     for name in [*(n for n in sys.modules if n.split(".")[0] == "matplotlib"), "matplotlib"]:
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(SystemExit) as exit_:
@@ -133,11 +132,161 @@ def test_examples_run(capsys):
 
 
 def test_digits_section_reports_every_optimizer_learning(demo):
-    from adaptx.demo import digits_report
+    from adaptx_demo import digits_report
 
     out, _ = demo
     summary = (out / "summary.md").read_text()
     rows = [line for line in summary.splitlines() if line.startswith("| ") and "%" in line]
-    assert [row.split(" | ")[0][2:] for row in rows] == list(digits_report.OPTIMIZERS)
+    assert [row.split(" | ")[0][2:] for row in rows] == list(digits_report.optimizers(quick=True))
     # Every optimizer learns the digits far beyond chance (10 %) at its best learning rate.
     assert all(float(row.split(" | ")[4].rstrip("%")) > 80 for row in rows)
+
+
+def test_quick_summary_times_every_labelled_phase(demo):
+    out, _ = demo
+    summary = (out / "summary.md").read_text()
+    phases = re.findall(r"^\| ((?:Adagrad|RMSprop|paths|digits)[^|]*?) \| ([\d.]+) \|$", summary, re.M)
+    labels = [label for label, _ in phases]
+    # Every figure has its own phase, and so has each section's computation.
+    for name in FIGURES:
+        assert any(name in label for label in labels), name
+    assert any(label.startswith("digits: load data, compile and train") for label in labels)
+    assert any(label.startswith("paths: compile and run") for label in labels)
+
+
+def test_quick_summary_lists_the_runs_that_did_not_learn(demo):
+    from adaptx_demo import verdicts
+
+    out, _ = demo
+    summary = (out / "summary.md").read_text()
+    assert verdicts.DEFINITION in summary
+    assert "| optimizer | η at chance level | η diverged |" in summary
+    # SGD's largest learning rates send the MLP to chance level (the users' report): marked, not hidden.
+    sgd = re.search(r"^\| sgd \| ([^|]+) \| ([^|]+) \|$", summary, re.M)
+    assert sgd and sgd.group(1).strip() != "none"
+
+
+def test_verdicts_on_a_synthetic_sweep():
+    from adaptx_demo import verdicts
+
+    nan = float("nan")
+    train_losses = np.array([
+        [2.3, 0.5, 0.1],  # learned
+        [2.3, 0.4, 0.05],  # learned, the lowest final loss
+        [2.3, nan, nan],  # diverged midway
+        [2.3, 2.31, 2.302],  # stuck: chance-level accuracy
+        [2.3, 9.0, 40.0],  # a huge final loss with finite numbers and 70 % accuracy: unstable, not chance
+        [2.3, 0.01, 0.001],  # the lowest loss of all, but at chance-level accuracy (cannot be best)
+    ])
+    test_accuracy = np.array([0.9, 0.95, nan, 0.11, 0.7, 0.15])
+    got = verdicts.classify(train_losses, test_accuracy)
+    assert list(got) == ["learned", "learned", "diverged", "chance", "learned", "chance"]
+    assert verdicts.best(train_losses[:, -1], got) == 1
+    # Nothing learned: the best finite run; everything diverged: an error, not a silent pick.
+    assert verdicts.best(np.array([nan, 2.4, 2.31]), np.array(["diverged", "chance", "chance"])) == 2
+    with pytest.raises(ValueError, match="every run diverged"):
+        verdicts.best(np.array([nan]), np.array(["diverged"]))
+
+
+def test_heatmap_marks_diverged_and_chance_cells(monkeypatch, tmp_path):
+    from adaptx_demo import digits_plots, digits_report, verdicts
+
+    grid = np.array([1e-3, 1e-2, 1e-1, 1.0])
+    nan = float("nan")
+
+    def run(name, test_acc, train_loss):
+        test_acc, train_loss = np.array(test_acc), np.array(train_loss)
+        metrics = {
+            "train_loss": np.stack([np.full(4, 2.3), train_loss], axis=1),
+            "test_acc": np.stack([np.full(4, 0.1), test_acc], axis=1),
+        }
+        metrics["train_acc"], metrics["test_loss"] = metrics["test_acc"], metrics["train_loss"]
+        rates = {"layer1": {"w": np.ones((4, 3)), "b": np.ones((4, 3))}}
+        return digits_report.Run(name, grid, metrics, rates, np.array([0, 3]),
+                                 verdicts.classify(metrics["train_loss"], test_acc))
+
+    runs = [run("a", [0.5, 0.9, 0.1, nan], [1.0, 0.2, 2.3, nan]), run("b", [0.8, 0.95, 0.97, 0.12], [0.5, 0.1, 0.05, 2.3])]
+    figures = []
+    monkeypatch.setattr(digits_plots, "save_figure", lambda figure, path: figures.append(figure))
+    digits_plots.sweep_heatmap(runs, grid, tmp_path / "heatmap.png")
+    (ax, _colorbar) = figures[0].axes
+    texts = [t.get_text() for t in ax.texts]
+    assert texts.count("×") == 1  # a's η = 1 diverged
+    hatched = [p for p in ax.patches if p.get_hatch()]
+    assert sorted((round(p.get_x() + 0.5), round(p.get_y() + 0.5)) for p in hatched) == [(2, 0), (3, 1)]  # (column, row)
+    best = [p for p in ax.patches if not p.get_hatch()]
+    assert [round(p.get_x() + 0.5) for p in best] == [1, 2]  # lowest final train loss among those that learned
+    assert "1 runs" in ax.get_title() and "2 runs" in ax.get_title()
+
+
+def test_loss_plots_keep_exact_zeros_on_the_log_axis():
+    from adaptx_demo import digits_plots
+
+    clipped, any_low = digits_plots.clip_to_floor(np.array([1.0, 1e-9, 0.0, np.nan]), 1e-6)
+    assert any_low and clipped[0] == 1.0 and np.all(clipped[1:3] == 1e-6) and np.isnan(clipped[3])
+    assert not digits_plots.clip_to_floor(np.array([1.0, 0.5]), 1e-6)[1]
+
+
+def test_one_of_steps_exactly_like_the_chosen_optimizer():
+    import jax.numpy as jnp
+
+    import adaptx
+    from adaptx_demo import descent
+
+    def loss(p):
+        return jnp.sum((p - 1.0) ** 2 * jnp.array([1.0, 100.0]))
+
+    start = jnp.array([-1.0, 2.0])
+    txs = [adaptx.sgd(0.01), adaptx.adam(0.01), adaptx.rmsprop(0.01)]
+    chosen = descent.one_of(txs)
+    for index, tx in enumerate(txs):
+        state = descent.choose(chosen.init(start), index, learning_rate=0.05)
+        alone = adaptx.set_hyperparams(tx.init(start), learning_rate=0.05)
+        ours = descent.compiled(lambda p: descent.descend(chosen, loss, p, 20, state), start)
+        theirs = descent.compiled(lambda p: descent.descend(tx, loss, p, 20, alone), start)
+        np.testing.assert_array_equal(np.asarray(ours.params), np.asarray(theirs.params))
+
+
+def test_progress_without_tqdm_prints_labelled_phase_lines(monkeypatch, capsys):
+    import adaptx
+    from adaptx_demo.progress import Progress
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    with Progress(3) as progress:
+        with progress.phase("compiling the first thing", work=2):
+            pass
+        with progress.phase("plotting"):
+            pass
+    err = capsys.readouterr().err
+    assert "[0/3] compiling the first thing ..." in err and "[2/3] compiling the first thing:" in err
+    assert "[3/3] plotting:" in err
+    assert [label for label, _ in progress.times] == ["compiling the first thing", "plotting"]
+    # adaptx.sweep's bar is optional too: without tqdm it prints plain lines.
+    import jax.numpy as jnp
+
+    result = adaptx.sweep(lambda p, _: jnp.sum(p ** 2), adaptx.sgd(0.1), jnp.ones(2), None,
+                          {"learning_rate": [0.1, 0.2]}, steps=4, progress="tiny sweep")
+    assert result.losses.shape == (2, 4)
+    assert "tiny sweep: 4/4 steps" in capsys.readouterr().err
+
+
+def test_the_library_imports_none_of_the_demo_extras():
+    import subprocess
+
+    code = ("import sys, adaptx; heavy = [m for m in ('matplotlib', 'sklearn', 'tqdm', 'adaptx_demo')"
+            " if m in sys.modules]; print(heavy); sys.exit(bool(heavy))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_missing_scikit_learn_tells_the_user_what_to_install(monkeypatch, capsys):
+    for name in list(sys.modules):
+        if name.split(".")[0] == "adaptx_demo":
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--out", "unused"])
+    assert exit_.value.code == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and 'pip install "adaptx[demo]"' in error and "scikit-learn" in error

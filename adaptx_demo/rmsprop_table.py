@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import adaptx
-from adaptx.demo import descent, markdown
+from adaptx_demo import descent, markdown
 
 TITLE = "RMSprop on x² + 10y² (seed 003)"
 WORK = 1
@@ -32,12 +32,13 @@ def rows() -> np.ndarray:
     """(x, y, loss before the step) after each of the ten steps, as the seed prints them."""
     tx = adaptx.rmsprop(0.1, decay=0.99)
     run = descent.run(tx, _loss, {"x": jnp.asarray(5.0), "y": jnp.asarray(5.0)}, STEPS)
-    return np.stack([run.params["x"][1:], run.params["y"][1:], run.losses[:-1]], axis=1)
+    x, y, losses = (np.asarray(a) for a in (run.params["x"], run.params["y"], run.losses))  # slice on the host
+    return np.stack([x[1:], y[1:], losses[:-1]], axis=1)
 
 
 def section(out_dir: Path, progress, quick: bool = False) -> str:
-    values = rows()
-    progress.update()
+    with progress.phase("RMSprop on x² + 10y²: the seed's ten steps"):
+        values = rows()
     printed = [[f"{v:.4f}" for v in row] for row in values]
     table = markdown.table(
         ["step", "x", "y", "loss (before the step)"],

@@ -13,11 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import adaptx
-from adaptx.demo import descent, markdown
-from adaptx.demo._extras import new_figure, save_figure
+from adaptx_demo import descent, markdown
 
 TITLE = "Adagrad vs RMSProp on x²/2 (seed 000)"
-WORK = 3  # two runs and a figure
+WORK = 2  # both runs (one program), the figure
 STEPS, START, LEARNING_RATE, EPS = 50, 5.0, 1.0, 1e-8
 OPTIMIZERS = {
     "Adagrad": lambda: adaptx.adagrad(LEARNING_RATE, eps=EPS),
@@ -29,23 +28,23 @@ def _loss(x):
     return 0.5 * x**2
 
 
-def runs(progress=None) -> dict:
+def runs() -> dict:
     """Per optimizer: x₀ … x₅₀ and the effective learning rate of steps 1 … 50."""
-    results = {}
     with jax.enable_x64(True):
-        for name, make in OPTIMIZERS.items():
-            run = descent.run(make(), _loss, jnp.asarray(START, jnp.float64), STEPS)
-            results[name] = (np.asarray(run.params), np.asarray(descent.effective_learning_rate(run)))
-            if progress is not None:
-                progress.update()
-    return results
+        txs = {name: make() for name, make in OPTIMIZERS.items()}
+        each = descent.run_each(txs, _loss, jnp.asarray(START, jnp.float64), STEPS)
+        return {
+            name: (np.asarray(run.params), np.asarray(descent.effective_learning_rate(run)))
+            for name, run in each.items()
+        }
 
 
 def section(out_dir: Path, progress, quick: bool = False) -> str:
-    results = runs(progress)
+    with progress.phase("Adagrad vs RMSProp on x²/2: compile and run both (float64)"):
+        results = runs()
     figure_path = out_dir / "adagrad_vs_rmsprop.png"
-    _plot(results, figure_path)
-    progress.update()
+    with progress.phase(f"Adagrad vs RMSProp: plot {figure_path.name}"):
+        _plot(results, figure_path)
     rows = [
         [name, f"{path[-1]:.4g}", f"{rate[0]:.4g}", f"{rate[9]:.4g}", f"{rate[-1]:.4g}"]
         for name, (path, rate) in results.items()
@@ -64,6 +63,8 @@ def section(out_dir: Path, progress, quick: bool = False) -> str:
 
 
 def _plot(results, path: Path) -> None:
+    from adaptx_demo._extras import new_figure, save_figure  # matplotlib: imported when first needed
+
     figure = new_figure(figsize=(11, 4.2))
     trajectory, rates = figure.subplots(1, 2)
     for (name, (params, rate)), colour in zip(results.items(), ("tab:blue", "tab:orange")):
