@@ -12,7 +12,7 @@ try:
 except ImportError as error:
     raise ImportError(missing_message("matplotlib", "matplotlib")) from error
 
-__all__ = ["INSTALL", "colormaps", "grid_figure", "new_figure", "save_figure"]
+__all__ = ["INSTALL", "colormaps", "grid_figure", "new_figure", "save_figure", "suptitle"]
 
 
 def new_figure(**kwargs) -> Figure:
@@ -41,6 +41,12 @@ def grid_figure(rows: int, columns: int, panel=(4.2, 3.4), margins=(0.7, 0.15, 0
         wspace=gaps[0] / panel[0], hspace=gaps[1] / panel[1],
     ), **subplot_kw)
     return figure, axes
+
+
+def suptitle(figure: Figure, text: str) -> None:
+    """A figure title a fixed distance below the top edge, inside :func:`grid_figure`'s top margin,
+    however tall the figure (matplotlib's default sits a fixed *fraction* down, into the panels)."""
+    figure.suptitle(text, y=1 - 0.08 / figure.get_figheight(), va="top")
 
 
 def save_figure(figure: Figure, path, dpi: int = 110) -> None:

@@ -11,7 +11,8 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import PercentFormatter
 
 from adaptx_demo import verdicts
-from adaptx_demo._extras import colormaps, grid_figure, new_figure, save_figure
+from adaptx_demo.optimizer_paths import FAMILY
+from adaptx_demo._extras import colormaps, grid_figure, new_figure, save_figure, suptitle
 
 COLORS = colormaps["tab10"].colors
 LAYER_STYLES = {"w": "-", "b": ":"}
@@ -29,36 +30,54 @@ def clip_to_floor(values: np.ndarray, floor: float):
 
 
 def curves(runs: list, learning_rates: np.ndarray, path: pathlib.Path) -> None:
-    """Loss and accuracy on the full training set (solid) and the test set (dashed), best η each."""
-    figure = new_figure(figsize=(12, 4.6))
-    loss_ax, acc_ax = figure.subplots(1, 2)
+    """Loss and accuracy on the full training set (solid) and the test set (dashed), best η each.
+
+    The seeds' optimizers in the first row, the adaptive family (full run) in a second: nineteen
+    curves on one panel could not be told apart.
+    """
+    groups = [group for group in ([r for r in runs if r.name not in FAMILY], [r for r in runs if r.name in FAMILY])
+              if group]
+    figure, axes = grid_figure(len(groups), 2, panel=(5.6, 3.6), margins=(0.8, 2.8, 0.75, 0.6), gaps=(0.8, 0.7))
     clipped = False
-    for run, color in zip(runs, COLORS):
-        label = f"{run.name} (η = {run.learning_rate:.2g})"
-        steps = run.record_steps
-        for key, style in (("train", "-"), ("test", "--")):
-            loss, low = clip_to_floor(run.at_best(f"{key}_loss"), LOSS_FLOOR)
-            clipped |= low
-            loss_ax.plot(steps, loss, color=color, ls=style, lw=1.4 if key == "train" else 1,
-                         label=label if key == "train" else None)
-            acc_ax.plot(steps, run.at_best(f"{key}_acc"), color=color, ls=style, lw=1.4 if key == "train" else 1,
-                        label=label if key == "train" else None)
-    floor_note = f"; values below {LOSS_FLOOR:g} drawn at {LOSS_FLOOR:g}" if clipped else ""
-    loss_ax.set(yscale="log", xlabel="step", ylabel="cross-entropy" + floor_note,
-                title="Loss (solid: train loss, full training set; dashed: test loss)")
-    acc_ax.axhline(verdicts.CHANCE_ACCURACY, color="gray", lw=1, ls=":")
-    acc_ax.annotate("chance (10 %)", (steps[-1], verdicts.CHANCE_ACCURACY), ha="right", va="bottom",
-                    fontsize=8, color="gray")
-    acc_ax.set(xlabel="step", ylabel="accuracy", ylim=(0, 1.02),
-               title="Accuracy (solid: train accuracy; dashed: test accuracy)")
-    acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    for ax in (loss_ax, acc_ax):
-        ax.grid(alpha=0.3)
-        ax.set_xlim(0, steps[-1])
-    acc_ax.legend(loc="center right", fontsize=9)
-    figure.suptitle("MLP on scikit-learn digits, each optimizer at its best learning rate"
-                    " (the table's numbers are these curves' last points)")
+    for group, (loss_ax, acc_ax) in zip(groups, axes):
+        colors = COLORS if len(group) <= len(COLORS) else colormaps["tab20"].colors
+        for run, color in zip(group, colors):
+            label = f"{run.name} (η = {run.learning_rate:.2g})"
+            steps = run.record_steps
+            for key, style in (("train", "-"), ("test", "--")):
+                loss, low = clip_to_floor(run.at_best(f"{key}_loss"), LOSS_FLOOR)
+                clipped |= low
+                width = 1.4 if key == "train" else 1
+                loss_ax.plot(steps, loss, color=color, ls=style, lw=width, label=label if key == "train" else None)
+                acc_ax.plot(steps, run.at_best(f"{key}_acc"), color=color, ls=style, lw=width)
+        acc_ax.axhline(verdicts.CHANCE_ACCURACY, color="gray", lw=1, ls=":")
+        acc_ax.annotate("chance (10 %)", (steps[-1], verdicts.CHANCE_ACCURACY), ha="right", va="bottom",
+                        fontsize=8, color="gray")
+        acc_ax.set(ylabel="accuracy", ylim=(0, 1.02))
+        acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        loss_ax.set(yscale="log")
+        for ax in (loss_ax, acc_ax):
+            ax.grid(alpha=0.3)
+            ax.set_xlim(0, steps[-1])
+        acc_ax.legend(*loss_ax.get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.02, 0.5),
+                      fontsize=8)
+    floor_note = f"; below {LOSS_FLOOR:g} drawn at {LOSS_FLOOR:g}" if clipped else ""
+    for loss_ax in axes[:, 0]:
+        loss_ax.set_ylabel("cross-entropy" + floor_note)
+    axes[0, 0].set_title("Loss (solid: train loss, full training set; dashed: test loss)")
+    axes[0, 1].set_title("Accuracy (solid: train accuracy; dashed: test accuracy)")
+    for ax in axes[-1]:
+        ax.set_xlabel("step")
+    suptitle(figure, "MLP on scikit-learn digits, each optimizer at its best learning rate"
+                     " (the table's numbers are these curves' last points)")
     save_figure(figure, path)
+
+
+def first_rate(rate: np.ndarray) -> float:
+    """The first positive rate: step 1's, except where a method's first update is 0 by design
+    (ADOPT only initialises its second moment then)."""
+    positive = rate[np.isfinite(rate) & (rate > 0)]
+    return float(positive[0]) if positive.size else np.nan
 
 
 def effective_rates(runs: list, learning_rates: np.ndarray, path: pathlib.Path) -> None:
@@ -78,7 +97,8 @@ def effective_rates(runs: list, learning_rates: np.ndarray, path: pathlib.Path) 
         for i, layer in enumerate(sorted(rates)):
             for kind, style in LAYER_STYLES.items():
                 rate = np.asarray(rates[layer][kind], np.float64)
-                ax.plot(steps, rate / rate[0], color=COLORS[i], ls=style,
+                # ADOPT's zero first update has no rate to draw on a log axis: a gap, not a drop.
+                ax.plot(steps, np.where(rate > 0, rate, np.nan) / first_rate(rate), color=COLORS[i], ls=style,
                         label=f"{layer} {'weights' if kind == 'w' else 'biases'}")
         ax.axhline(1.0, color="gray", lw=1, ls="--", label="rate at step 1 (SGD: always)")
         ax.set(xscale="log", yscale="log", title=f"{run.name} (η = {run.learning_rate:.2g})")
@@ -91,9 +111,9 @@ def effective_rates(runs: list, learning_rates: np.ndarray, path: pathlib.Path) 
         ax.set_ylabel("rate at step t / rate at step 1")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
-    figure.suptitle("Effective learning rate per layer, ‖update‖ / ‖gradient‖ (adaptx.monitor), relative to its"
-                    " value at step 1\nflat for SGD, falling for Adagrad (its accumulator only grows), rising with"
-                    " momentum")
+    suptitle(figure, "Effective learning rate per layer, ‖update‖ / ‖gradient‖ (adaptx.monitor), relative to its"
+                     " value at step 1 (ADOPT: its first nonzero one, at step 2)\nflat for SGD, falling for Adagrad"
+                     " (its accumulator only grows), rising with momentum")
     save_figure(figure, path)
 
 
@@ -122,7 +142,7 @@ def sweep_heatmap(runs: list, learning_rates: np.ndarray, path: pathlib.Path) ->
              f"×: diverged ({diverged.sum()} runs)" if diverged.any() else "no run diverged"]
     ax.set(xlabel="learning rate η",
            title="Final test accuracy per learning rate (red: best, the lowest final train loss among runs that"
-                 f" learned; {'; '.join(marks)})")
+                 f" learned)\n{'; '.join(marks)}")
     figure.colorbar(image, ax=ax, format=PercentFormatter(1.0), label="test accuracy", pad=0.01)
     figure.supxlabel(verdicts.DEFINITION[0].upper() + verdicts.DEFINITION[1:] + ".", fontsize=8)
     save_figure(figure, path)

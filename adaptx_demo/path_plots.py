@@ -4,13 +4,16 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from adaptx_demo._extras import colormaps, grid_figure, new_figure, save_figure
+from adaptx_demo._extras import colormaps, grid_figure, new_figure, save_figure, suptitle
 from adaptx_demo.problems import Problem
 
 
-def _colours(names):
+def _styles(names):
+    """``{name: (colour, line style)}``: tab10's strong colours (tab20's pale half vanishes against
+    the blue contours), cycled, with a new line style per cycle so shared panels tell them apart."""
     palette = colormaps["tab10"].colors
-    return {name: palette[i % len(palette)] for i, name in enumerate(names)}
+    dashes = ("-", "--", ":")
+    return {name: (palette[i % len(palette)], dashes[i // len(palette) % len(dashes)]) for i, name in enumerate(names)}
 
 
 def plot_paths(problem: Problem, results: dict, path: Path) -> None:
@@ -28,7 +31,7 @@ def plot_paths(problem: Problem, results: dict, path: Path) -> None:
     levels = np.geomspace(max(z.min(), 1e-3), z.max(), 16)
     # Dark blue at the minimum to mid blue far out: Blues' palest quarter vanished on white.
     contour_colours = colormaps["Blues_r"](np.linspace(0.0, 0.7, len(levels)))
-    colours = _colours(results)
+    colours = {name: colour for name, (colour, _) in _styles(results).items()}
     for axes, (name, best) in zip(panels, results.items()):
         axes.contour(x, y, z, levels=levels, colors=contour_colours, linewidths=0.7)
         axes.plot(*best.path.T, color=colours[name], lw=1.4, marker=".", ms=3,
@@ -47,7 +50,7 @@ def plot_paths(problem: Problem, results: dict, path: Path) -> None:
     for axes in panels[::columns]:
         axes.set_ylabel("y")
     panels[0].legend(loc="lower right", fontsize=8)
-    figure.suptitle(f"{problem.title}: {problem.formula}, {problem.steps} steps, tuned η per optimizer")
+    suptitle(figure, f"{problem.title}: {problem.formula}, {problem.steps} steps, tuned η per optimizer")
     save_figure(figure, path)
 
 
@@ -57,8 +60,8 @@ LOSS_FLOOR = 1e-15
 
 def plot_losses(problems, names, results: dict, path: Path) -> None:
     """Loss per step, log scale, one panel per problem; losses below LOSS_FLOOR drawn at the floor."""
-    figure = new_figure(figsize=(12, 5.6))
-    colours = _colours(names)
+    figure = new_figure(figsize=(13.5, 5.6))
+    styles = _styles(names)
     for axes, problem in zip(figure.subplots(1, len(problems), squeeze=False).ravel(), problems):
         clipped = False
         for name in names:
@@ -66,7 +69,8 @@ def plot_losses(problems, names, results: dict, path: Path) -> None:
             with np.errstate(invalid="ignore"):
                 low = best.losses < LOSS_FLOOR
             clipped |= bool(low.any())
-            axes.plot(np.where(low, LOSS_FLOOR, best.losses), color=colours[name], lw=1.3,
+            colour, style = styles[name]
+            axes.plot(np.where(low, LOSS_FLOOR, best.losses), color=colour, ls=style, lw=1.3,
                       label=f"{name} (η = {best.learning_rate:.3g})")
         if clipped:
             axes.axhline(LOSS_FLOOR, color="0.4", lw=0.8, ls=":")
