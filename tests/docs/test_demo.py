@@ -13,6 +13,8 @@ from adaptx.__main__ import main
 from harness import rounding_bound, step_cost
 
 ROOT = Path(__file__).resolve().parents[2]
+# One worker runs this module, so the module-scoped demo run below happens once, not once per worker.
+pytestmark = pytest.mark.xdist_group("demo")
 FIGURES = [
     "adagrad_vs_rmsprop.png", "paths_quadratic.png", "paths_rosenbrock.png", "losses.png",
     "digits_curves.png", "digits_effective_lr.png", "digits_lr_sweep.png",
