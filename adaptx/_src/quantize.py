@@ -130,7 +130,7 @@ _KEY_SHIFT = 13  # a float32's bits >> 13: its exponent and top 10 mantissa bits
 
 
 @functools.lru_cache(maxsize=None)
-def _tables(bits: int, signed: bool):
+def tables(bits: int, signed: bool):
     """Lookup tables for the nearest code value of a magnitude a ∈ [0, 1], without a search.
 
     ``start[key(a) − key₀]`` is the number of magnitude midpoints below the lower edge of a's
@@ -138,7 +138,8 @@ def _tables(bits: int, signed: bool):
     midpoint, so j = start + (a > midpoint[start]) is the nearest magnitude. Magnitudes below
     the first cell (key₀, under half the smallest nonzero magnitude) all round to j = 0.
     ``index_of[sign][j]`` is then the code's index of ±magnitude[j] (for a signed code without
-    −1, −1 goes to the most negative value, its nearest).
+    −1, −1 goes to the most negative value, its nearest). The one-pass kernel takes these
+    same tables as operands (adaptx/_src/kernels), so both paths pick the same codes.
     """
     values = code(bits, signed)
     magnitudes = np.unique(np.abs(values))
@@ -162,7 +163,7 @@ def _tables(bits: int, signed: bool):
 
 def _nearest(normal, bits: int, signed: bool):
     """The index of the code value nearest each element of ``normal`` (in [−1, 1]), as uint8."""
-    start, midpoints, positive, negative, first, floor = _tables(bits, signed)
+    start, midpoints, positive, negative, first, floor = tables(bits, signed)
     start, midpoints, positive, negative = map(jnp.asarray, (start, midpoints, positive, negative))
     magnitude = jnp.clip(jnp.abs(normal), floor, 1.0)
     key = lax.shift_right_logical(lax.bitcast_convert_type(magnitude, jnp.uint32), jnp.uint32(_KEY_SHIFT))
@@ -203,6 +204,14 @@ def constant(shape, fill: float, bits: int, block_size: int, signed: bool) -> Qu
         index = index | (index << 4)
     codes = jnp.full((blocks, block_size * bits // 8), index, jnp.uint8)
     return QuantizedArray(codes, jnp.full((blocks,), abs(float(fill)), jnp.float32), shape, bits, block_size, signed)
+
+
+def decode_indices(q: QuantizedArray) -> jax.Array:
+    """The code index of every element of ``q`` (4-bit codes unpacked), shaped like the leaf."""
+    index = q.codes
+    if q.bits == 4:
+        index = jnp.stack([index & 0xF, index >> 4], axis=-1).reshape(index.shape[0], -1)
+    return index.reshape(-1)[:q.size].reshape(q.shape)
 
 
 def dequantize(q: QuantizedArray) -> jax.Array:
