@@ -224,6 +224,9 @@ def _quantized_adam(grads, inner, params, count, *, learning_rate, b1, b2, eps, 
         if is_quantized(m) and is_quantized(v):
             if m.block_size != v.block_size or m.shape != tuple(jnp.shape(p)):
                 reason = f"the quantized moments of leaf {i} differ in block size or shape from its param"
+            elif m.grid or v.grid:
+                reason = (f"the quantized moments of leaf {i} are blocked per shard (made for a sharded"
+                          " param); the kernel reads blocks of the whole leaf")
             quantized.append(i)
         elif is_quantized(m) or is_quantized(v):
             reason = ("one moment is quantized and the other is not (set both mu_dtype and nu_dtype to"

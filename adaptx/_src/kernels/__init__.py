@@ -178,7 +178,8 @@ def quantized_adam_step(hyper: dict, param, grad, mu, nu):
     ``nu``, each in its format: the numbers the jnp path (dequantize, step, quantize) computes,
     in one pass over the leaf. Each output aliases its input, as in :func:`step`.
     """
-    if mu.block_size != nu.block_size or mu.size != param.size or nu.size != param.size:
+    if (mu.block_size != nu.block_size or mu.size != param.size or nu.size != param.size
+            or mu.grid or nu.grid):  # blocks per shard are laid out otherwise
         raise ValueError(f"quantized moments {mu} and {nu} do not hold a leaf of shape {param.shape}")
     tables, attrs = [], {}
     for name, q in (("m", mu), ("v", nu)):
@@ -195,7 +196,7 @@ def quantized_adam_step(hyper: dict, param, grad, mu, nu):
     p, m_codes, m_scales, v_codes, v_scales = call(
         *operands, block_size=np.int64(mu.block_size), parallel_min=np.int64(PARALLEL_MIN), **attrs)
     rebuild = lambda q, codes, scales: quantize.QuantizedArray(  # noqa: E731
-        codes, scales, q.shape, q.bits, q.block_size, q.signed)
+        codes, scales, q.shape, q.bits, q.block_size, q.signed, q.grid)
     return p, rebuild(mu, m_codes, m_scales), rebuild(nu, v_codes, v_scales)
 
 
