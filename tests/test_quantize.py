@@ -156,6 +156,27 @@ def test_invalid_formats_raise():
 
 
 @pytest.mark.parametrize("bits, signed", FORMATS)
+def test_round_trip_error_is_reported_per_block_within_the_codes_resolution(bits, signed):
+    rng = np.random.default_rng(10 + bits + signed)
+    x = _sample(rng, signed, n=16 * 256 + 37)  # a short last block too
+    error = qz.round_trip_error(x, bits, 256, signed)
+    assert error["max"].shape == error["rms"].shape == (17,)
+    values = reference_code(bits, signed)
+    # the resolution from the paper's code: half the widest gap, or the smallest value of a code without 0
+    bound = max(np.max(np.diff(values)) / 2, values.min() if values.min() > 0 else 0)
+    assert qz.resolution(bits, signed) == pytest.approx(bound, rel=1e-5)  # float32 code values
+    assert np.all(error["max"] <= bound * (1 + 1e-5)) and np.all(error["rms"] <= error["max"])
+    # the bound is the code's, not loose: on 8 decades of magnitudes some block comes near it
+    assert error["max"].max() >= 0.5 * bound
+    # against a brute-force round trip of the same blocks
+    got, absmax = reference_round_trip(x, bits, 256, signed)
+    blocks = np.pad(np.abs(got - x), (0, -x.size % 256)).reshape(-1, 256) / absmax
+    # (the reference divides in float64, the quantizer multiplies by a float32 reciprocal)
+    np.testing.assert_allclose(error["max"], blocks.max(axis=1), rtol=1e-4, atol=1e-12)
+    assert np.all(qz.round_trip_error(np.zeros(300, np.float32), bits, 256, signed)["max"] == 0)
+
+
+@pytest.mark.parametrize("bits, signed", FORMATS)
 def test_initial_state_is_the_quantized_fill(bits, signed):
     for fill in (0.0, 0.1):
         built = qz.constant((1000,), fill, bits, 256, signed)

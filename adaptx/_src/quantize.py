@@ -340,6 +340,36 @@ def dequantize(q: QuantizedArray) -> jax.Array:
     return _unblocked(q, values)
 
 
+def resolution(bits: int, signed: bool) -> float:
+    """The largest round-trip error the code allows, relative to the block's absmax.
+
+    Half the widest gap between neighbouring code values (the nearest value is never further
+    away), or, for a code without 0 (Li et al.'s zero-point-free one), its smallest value, where
+    everything below rounds up to. For the signed codes, which hold 1 but not −1, −1 rounds to the
+    most negative value, as far from it as half the widest gap (both are 0.9/2^k/2 at 10^0).
+    """
+    values = code(bits, signed).astype(np.float64)
+    return float(max(np.max(np.diff(values)) / 2, values.min() if values.min() > 0 else 0.0,
+                     1 + values.min() if signed else 0.0))
+
+
+def round_trip_error(x, bits: int, block_size: int, signed: bool) -> dict:
+    """Per block of ``x``: the largest and the RMS |x − dequantize(quantize(x))|, relative to the block's absmax.
+
+    Returns ``{"max": (blocks,), "rms": (blocks,)}`` NumPy arrays (blocks whose absmax is 0
+    are exact and report 0); :func:`resolution` bounds every ``max``.
+    """
+    x = np.asarray(x, np.float32)
+    q = quantize(jnp.asarray(x), bits, block_size, signed)
+    error = np.abs(np.asarray(dequantize(q), np.float64) - x).ravel()
+    count = error.size
+    blocks = np.pad(error, (0, -count % block_size)).reshape(-1, block_size)
+    absmax = np.asarray(q.scales, np.float64).reshape(-1)
+    relative = blocks / np.where(absmax > 0, absmax, 1)[:, None]
+    sizes = np.minimum(block_size, count - np.arange(len(absmax)) * block_size)  # the last block may be short
+    return {"max": relative.max(axis=1), "rms": np.sqrt(np.sum(relative ** 2, axis=1) / sizes)}
+
+
 def load(tree) -> Any:
     """``tree`` with every quantized leaf dequantized to float32 (a no-op for a tree without any)."""
     return jax.tree.map(lambda n: dequantize(n) if is_quantized(n) else n, tree, is_leaf=is_quantized)
