@@ -261,11 +261,13 @@ struct Code {
   int32_t bits;
   const float* values;            // 2^bits code values, sorted
   std::vector<int32_t> start;     // per float32 key cell: magnitude midpoints below the cell
-  const float* midpoints;         // magnitude midpoints, +inf appended (n_magnitudes entries)
-  std::vector<int32_t> signs;     // magnitude rank -> code index, for x >= 0, then for x < 0
-  int32_t n_magnitudes;
+  std::vector<float> cut;         // per key cell: midpoints[start], the one midpoint it may hold
   uint32_t first; float floor;
-  int32_t zero;                   // the index of 0 (padding elements of the last block)
+  bool is_signed;
+  // The sorted code puts magnitude rank r at zero + r (x >= 0) and zero − r, or 0 for the
+  // absmax 1 that a signed code lacks as −1 (x < 0): checked against the tables in CheckCode,
+  // and arithmetic here, where a third table lookup would cost a third emulated gather.
+  int32_t zero;                   // the index of 0 (also the padding elements of the last block)
 };
 
 struct QuantizedMoment {
@@ -320,9 +322,9 @@ inline void Requantize(const Code& code, const float* __restrict x, int64_t coun
   std::memcpy(&absmax, &largest, 4);
   const float inverse = 1.0f / (absmax > 0.0f ? absmax : 1.0f);
   const int32_t* __restrict start = code.start.data();
-  const float* __restrict midpoints = code.midpoints;
-  const int32_t* __restrict signs = code.signs.data();
-  const int32_t n_magnitudes = code.n_magnitudes;
+  const float* __restrict cut = code.cut.data();
+  const int32_t zero = code.zero;
+  const bool is_signed = code.is_signed;
   const float floor = code.floor;
   const int32_t first = static_cast<int32_t>(code.first);
   for (int64_t j = 0; j < count; ++j) {
@@ -330,10 +332,10 @@ inline void Requantize(const Code& code, const float* __restrict x, int64_t coun
     const float a = std::min(std::max(std::fabs(normal), floor), 1.0f);
     uint32_t key;
     std::memcpy(&key, &a, 4);
-    int32_t r = start[static_cast<int32_t>(key >> 13) - first];
-    r += a > midpoints[r] ? 1 : 0;
-    // one table, negative half second: a select between two loads would be control flow
-    index[j] = signs[r + (normal < 0.0f ? n_magnitudes : 0)];
+    const int32_t cell = static_cast<int32_t>(key >> 13) - first;
+    const int32_t r = start[cell] + (a > cut[cell] ? 1 : 0);  // both lookups at one index
+    const int32_t below = zero - r;
+    index[j] = (is_signed && normal < 0.0f) ? (below > 0 ? below : 0) : zero + r;
   }
   for (int64_t j = count; j < block_size; ++j) index[j] = code.zero;
   Pack<kBits>(index, block_size, row);
@@ -475,17 +477,22 @@ ffi::Error CheckCode(ffi::RemainingArgs& args, size_t first, int32_t bits, bool 
   for (size_t i = 0; i < n_magnitudes; ++i)
     if (pos[i] >= n_codes || neg[i] >= n_codes || (!is_signed && pos[i] != neg[i]))
       return ffi::Error::InvalidArgument("adaptx: a code index is out of range (or signed in an unsigned code)");
+  // the rank → index maps of quantize.tables, as the loop computes them
+  const int32_t zero = is_signed ? (1 << (bits - 1)) - 1 : 0;
+  for (size_t i = 0; i < n_magnitudes; ++i) {
+    const int32_t r = static_cast<int32_t>(i);
+    if (pos[i] != zero + r || (is_signed && neg[i] != std::max(zero - r, 0)))
+      return ffi::Error::InvalidArgument("adaptx: the code's index tables are not a sorted code's");
+  }
   code->bits = bits;
   code->values = static_cast<const float*>(values.untyped_data());
   code->start.assign(s, s + start.element_count());
-  code->midpoints = mids;
-  code->signs.assign(pos, pos + n_magnitudes);
-  code->signs.insert(code->signs.end(), neg, neg + n_magnitudes);
-  code->n_magnitudes = static_cast<int32_t>(n_magnitudes);
+  code->cut.resize(start.element_count());
+  for (size_t i = 0; i < start.element_count(); ++i) code->cut[i] = mids[s[i]];
   code->first = static_cast<uint32_t>(key_first);
   code->floor = floor;
-  // the index of 0, as the loop finds it (0 is below floor: rank start[0], which is 0)
-  code->zero = code->signs[code->start[0] + (floor > mids[code->start[0]] ? 1 : 0)];
+  code->is_signed = is_signed;
+  code->zero = zero;
   return ffi::Error::Success();
 }
 
