@@ -90,18 +90,24 @@ def train(tx, params, loss_fn, data, schedule):
     return run(params)
 
 
-def measure(steps):
-    contexts, targets, vocab = char_data()
+TASKS = ("char LM", "digits MLP")
+
+
+def task(name, steps):
+    """(params, loss, data, minibatch schedule, test split or None) of task ``name``."""
+    if name == "char LM":
+        contexts, targets, vocab = char_data()
+        return (char_init(vocab), char_loss, (contexts, targets),
+                digits.batch_schedule(len(targets), steps, BATCH, seed=0), None)
     split = digits.load()
-    tasks = {
-        "char LM": (char_init(vocab), char_loss, (contexts, targets),
-                    digits.batch_schedule(len(targets), steps, BATCH, seed=0), None),
-        "digits MLP": (digits.init_mlp((64, 128, 128, 10), seed=0), digits.cross_entropy,
-                       (split.x_train, split.y_train), digits.batch_schedule(len(split.y_train), steps, BATCH, seed=0),
-                       (split.x_test, split.y_test)),
-    }
+    return (digits.init_mlp((64, 128, 128, 10), seed=0), digits.cross_entropy, (split.x_train, split.y_train),
+            digits.batch_schedule(len(split.y_train), steps, BATCH, seed=0), (split.x_test, split.y_test))
+
+
+def measure(steps, tasks=TASKS):
     out = {}
-    for task, (params, loss_fn, data, schedule, test) in tasks.items():
+    for task_name in tasks:
+        params, loss_fn, data, schedule, test = task(task_name, steps)
         rows = {}
         for name, tx in optimizers().items():
             final, losses = train(tx, params, loss_fn, data, schedule)
@@ -112,7 +118,7 @@ def measure(steps):
         base = rows["Adam float32"]["final_loss"]
         for row in rows.values():
             row["vs_float32"] = row["final_loss"] / base - 1
-        out[task] = rows
+        out[task_name] = rows
     return out
 
 
@@ -161,7 +167,11 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="40 steps (smoke test)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
     args = ap.parse_args(argv)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if set(tasks) - set(TASKS):
+        ap.error(f"unknown tasks {sorted(set(tasks) - set(TASKS))}; choose from {', '.join(TASKS)}")
     if args.out is None:
         args.out = Path(tempfile.mkdtemp(prefix="adaptx-quantized-quality-")) if args.quick else HERE
     if args.quick and args.out.resolve() == HERE:
@@ -170,7 +180,7 @@ def main(argv=None):
     meta = dict(date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"), steps=steps,
                 command="python -m benchmarks.quantized_quality " + " ".join(argv if argv is not None else sys.argv[1:]),
                 versions=f"jax {jax.__version__}, adaptx {adaptx.__version__}")
-    result = measure(steps)
+    result = measure(steps, tasks)
     args.out.mkdir(parents=True, exist_ok=True)
     text = render(result, meta)
     (args.out / "quantized_quality.md").write_text(text)
