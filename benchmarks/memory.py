@@ -39,16 +39,17 @@ def bytes_per_parameter():
 
 
 def round_trip_errors(n=256 * 4096, seed=0):
+    """quantize.round_trip_error over log-uniform magnitudes: the worst block's max and the RMS over blocks."""
     rng = np.random.default_rng(seed)
     out = {}
     for bits in (8, 4):
         for signed in (True, False):
             x = 10.0 ** rng.uniform(-8, 0, n)
             x = (x * rng.choice([-1, 1], n) if signed else x).astype(np.float32)
-            q = jax.jit(lambda x: qz.quantize(x, bits, 256, signed))(x)
-            error = np.abs(np.asarray(qz.dequantize(q)) - x).reshape(-1, 256) / np.asarray(q.scales)[:, None]
+            error = qz.round_trip_error(x, bits, 256, signed)
             out[f"{bits}-bit {'signed' if signed else 'unsigned'}"] = {
-                "max": float(error.max()), "rms": float(np.sqrt(np.mean(error ** 2)))}
+                "max": float(error["max"].max()), "rms": float(np.sqrt(np.mean(error["rms"] ** 2))),
+                "resolution": qz.resolution(bits, signed)}
     return out
 
 

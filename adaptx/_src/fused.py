@@ -137,8 +137,8 @@ def _kernel_or_none(params, grads, moments):
     quantized = [n for n in jax.tree.leaves(moments, is_leaf=nx.quantize_module.is_quantized)
                  if nx.quantize_module.is_quantized(n)]
     if reason is None and quantized:
-        reason = ("the moments are quantized (adaptx.Quantized): the kernel keeps float32 moments,"
-                  " so the step dequantizes, updates and requantizes on the plain path")
+        reason = ("the moments are quantized (adaptx.Quantized): only Adam's kernel reads them; this one"
+                  " keeps float32 moments, so the step dequantizes, updates and requantizes on the plain path")
     if reason is None and any(jnp.dtype(m.dtype) != jnp.float32 for m in jax.tree.leaves(moments)):
         reason = "the moments are not float32 (mu_dtype/nu_dtype were set)"
     if reason is not None:
@@ -187,6 +187,82 @@ def _run(name, hyper, leaves, groups=None):
     return treedef.unflatten(new_p), new_m
 
 
+def _quantized_leaves(tree) -> list:
+    is_quantized = nx.quantize_module.is_quantized
+    return [n for n in jax.tree.leaves(tree, is_leaf=is_quantized) if is_quantized(n)]
+
+
+def _adam_hyper(learning_rate, b1, b2, eps, weight_decay, count) -> dict:
+    step = nx.increment(count)
+    return dict(
+        neg_lr=-learning_rate, b1=b1.value, b1c=b1.complement, b2=b2.value, b2c=b2.complement, eps=eps,
+        inv_bc1=1 / nx.bias_correction(b1, step), inv_bc2=1 / nx.bias_correction(b2, step),
+        decay=0.0 if weight_decay is None else weight_decay, has_decay=float(weight_decay is not None),
+    )
+
+
+def _quantized_adam(grads, inner, params, count, *, learning_rate, b1, b2, eps, weight_decay, decay_mask):
+    """Adam's one-pass step where some moments are quantized (adaptx.Quantized).
+
+    A leaf with both moments quantized takes the quantized kernel (dequantize, step and
+    requantize per block, in one pass); the float32 ones (small leaves) the float32
+    kernel, all in one call as usual. A leaf with one moment quantized and one not, or a
+    step over several devices (a block may not be split across shards by the kernel),
+    falls back to the plain path, with the reason recorded.
+    """
+    adam, *rest = inner
+    is_quantized = nx.quantize_module.is_quantized
+    reason = kernel_refusal(params, grads)
+    if reason is None and jax.device_count() > 1:
+        reason = ("the moments are quantized (adaptx.Quantized) and there are several devices: the quantized"
+                  " kernel steps unsharded leaves only")
+    treedef = jax.tree.structure(params)
+    flat_p, flat_g = jax.tree.leaves(params), jax.tree.leaves(grads)
+    flat_mu, flat_nu = [], []
+    if reason is None:
+        try:  # a QuantizedArray is one leaf of the params' tree (its two arrays below it)
+            flat_mu, flat_nu = treedef.flatten_up_to(adam.mu), treedef.flatten_up_to(adam.nu)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"the optimizer moments do not match the params' tree ({error}): pass the state"
+                             " this optimizer's init made for these params") from None
+    plain, quantized = [], []
+    for i, (p, m, v) in enumerate(zip(flat_p, flat_mu, flat_nu)):
+        if is_quantized(m) and is_quantized(v):
+            if m.block_size != v.block_size or m.shape != tuple(jnp.shape(p)):
+                reason = f"the quantized moments of leaf {i} differ in block size or shape from its param"
+            elif m.grid or v.grid:
+                reason = (f"the quantized moments of leaf {i} are blocked per shard (made for a sharded"
+                          " param); the kernel reads blocks of the whole leaf")
+            quantized.append(i)
+        elif is_quantized(m) or is_quantized(v):
+            reason = ("one moment is quantized and the other is not (set both mu_dtype and nu_dtype to"
+                      " adaptx.Quantized for the quantized kernel)")
+        else:
+            plain.append(i)
+    if reason is not None:
+        _decline(reason)
+        return None
+    hyper = _adam_hyper(learning_rate, b1, b2, eps, weight_decay, count)
+    flags = decay_mask(params) if weight_decay is not None and decay_mask is not None else [True] * len(flat_p)
+    no_decay = dict(decay=0.0, has_decay=0.0)
+    new_p, new_mu, new_nu = list(flat_p), list(flat_mu), list(flat_nu)
+    for i in quantized:
+        new_p[i], new_mu[i], new_nu[i] = kernels.quantized_adam_step(
+            hyper if flags[i] else {**hyper, **no_decay}, flat_p[i], flat_g[i], flat_mu[i], flat_nu[i])
+    if plain:
+        leaves = _kernel_or_none([flat_p[i] for i in plain], [flat_g[i] for i in plain],
+                                 ([flat_mu[i] for i in plain], [flat_nu[i] for i in plain]))
+        if leaves is None:
+            return None
+        groups = [([k for k, i in enumerate(plain) if flags[i]], {}),
+                  ([k for k, i in enumerate(plain) if not flags[i]], no_decay)]
+        stepped, (mu, nu) = _run("adam", hyper, leaves, groups)
+        for k, i in enumerate(plain):
+            new_p[i], new_mu[i], new_nu[i] = stepped[k], mu[k], nu[k]
+    unflatten = treedef.unflatten
+    return unflatten(new_p), (adam._replace(mu=unflatten(new_mu), nu=unflatten(new_nu)), *rest)
+
+
 def adam_kernel(grads, inner, params, count, *, learning_rate, b1, b2, eps, weight_decay=None, decay_mask=None):
     """One-pass ``chain(scale_by_adam, [add_decayed_weights,] scale_by_learning_rate)``.
 
@@ -194,15 +270,13 @@ def adam_kernel(grads, inner, params, count, *, learning_rate, b1, b2, eps, weig
     the decay applies to (``adamw(mask=...)``); the others step as plain Adam.
     """
     adam, *rest = inner
+    if _quantized_leaves(adam.mu) or _quantized_leaves(adam.nu):
+        return _quantized_adam(grads, inner, params, count, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
+                               weight_decay=weight_decay, decay_mask=decay_mask)
     leaves = _kernel_or_none(params, grads, (adam.mu, adam.nu))
     if leaves is None:
         return None
-    step = nx.increment(count)
-    hyper = dict(
-        neg_lr=-learning_rate, b1=b1.value, b1c=b1.complement, b2=b2.value, b2c=b2.complement, eps=eps,
-        inv_bc1=1 / nx.bias_correction(b1, step), inv_bc2=1 / nx.bias_correction(b2, step),
-        decay=0.0 if weight_decay is None else weight_decay, has_decay=float(weight_decay is not None),
-    )
+    hyper = _adam_hyper(learning_rate, b1, b2, eps, weight_decay, count)
     groups = None
     if weight_decay is not None and decay_mask is not None:
         flags = decay_mask(params)

@@ -75,11 +75,19 @@ def zeros_like_tree(params: Any, dtype: Optional[Any] = None, fill: Any = 0.0, *
         def leaf(p):
             if not quantizes(p, dtype):
                 return full_like_param(p, fill, choose(p, None))
+            grid = quantize_module.shard_grid(p)  # blocks per shard: none straddles two devices
             if isinstance(fill, (int, float)):  # known blocks: no pass over a filled array
-                return quantize_module.constant(jnp.shape(p), fill, dtype.bits, dtype.block_size, signed=not real)
-            return quantize(full_like_param(p, fill, choose(p, None)), dtype.bits, dtype.block_size, signed=not real)
+                return quantize_module.constant(jnp.shape(p), fill, dtype.bits, dtype.block_size, signed=not real,
+                                                grid=grid, sharding=_named_sharding(p) if grid else None)
+            return quantize(full_like_param(p, fill, choose(p, None)), dtype.bits, dtype.block_size,
+                            signed=not real, grid=grid)
         return jax.tree.map(leaf, params)
     return jax.tree.map(lambda p: full_like_param(p, fill, choose(p, dtype)), params)
+
+
+def _named_sharding(param):
+    """``param``'s sharding: its type's under jit (explicit axes), else its own."""
+    return jax.typeof(param).sharding if isinstance(param, jax.core.Tracer) else param.sharding
 
 
 def full_like_param(param: Any, fill: Any, dtype: Any) -> jax.Array:

@@ -90,14 +90,23 @@ class QuantizedArray:
 
     A pytree of those two arrays, with the leaf's shape and format as static
     data: checkpoints, ``jax.vmap`` and ``jax.jit`` see only arrays.
+
+    ``grid`` is the leaf's shard grid, how many shards each of its axes is split into
+    (``()`` when it is not sharded). Blocks never straddle shards: a sharded leaf is cut
+    into its shards (a reshape that splits each axis into shard × local, then a transpose
+    that brings the shard axes first) and each shard's elements are blocked on their own,
+    so ``codes`` is ``(*grid, blocks per shard, bytes per block)`` and ``scales``
+    ``(*grid, blocks per shard)``, sharded over the same mesh axes as the param: each device
+    holds exactly its shard's codes and scales, and quantizing needs no communication.
     """
 
-    def __init__(self, codes, scales, shape, bits, block_size, signed):
+    def __init__(self, codes, scales, shape, bits, block_size, signed, grid=()):
         self.codes, self.scales = codes, scales
         self.shape, self.bits, self.block_size, self.signed = tuple(shape), bits, block_size, signed
+        self.grid = tuple(grid)
 
     def tree_flatten(self):
-        return (self.codes, self.scales), (self.shape, self.bits, self.block_size, self.signed)
+        return (self.codes, self.scales), (self.shape, self.bits, self.block_size, self.signed, self.grid)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
@@ -112,8 +121,88 @@ class QuantizedArray:
         return int(np.prod(self.shape))
 
     def __repr__(self):
+        grid = f", grid={self.grid}" if self.grid else ""
         return (f"QuantizedArray(shape={self.shape}, bits={self.bits}, block_size={self.block_size},"
-                f" signed={self.signed})")
+                f" signed={self.signed}{grid})")
+
+
+def shard_grid(leaf) -> tuple:
+    """How many shards each axis of ``leaf`` is split into under its NamedSharding, or ``()``.
+
+    Read from a concrete array's or a ``jax.ShapeDtypeStruct``'s sharding, or from a traced
+    value's type under explicit sharding (``jax.sharding.AxisType.Explicit``); ``()`` for an
+    unsharded leaf, any other sharding, or an axis its shards do not divide evenly.
+    """
+    sharding = getattr(leaf, "sharding", None) if not isinstance(leaf, jax.core.Tracer) else None
+    if sharding is None:
+        try:
+            sharding = jax.typeof(leaf).sharding
+        except Exception:  # a Python number, or a jax without typeof
+            return ()
+    if not isinstance(sharding, jax.sharding.NamedSharding):
+        return ()
+    shape = np.shape(leaf)
+    spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
+    grid = []
+    for size, axes in zip(shape, spec):
+        axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        count = int(np.prod([sharding.mesh.shape[a] for a in axes])) if axes else 1
+        if size % count:
+            return ()
+        grid.append(count)
+    return tuple(grid) if any(g > 1 for g in grid) else ()
+
+
+def _local_shape(shape, grid):
+    return tuple(n // g for n, g in zip(shape, grid))
+
+
+def _explicit(x):
+    """x's NamedSharding when its mesh has Explicit axes (then reshapes must name their output's), else None."""
+    sharding = jax.typeof(x).sharding
+    mesh = getattr(sharding, "mesh", None)
+    return sharding if any(t == jax.sharding.AxisType.Explicit for t in getattr(mesh, "axis_types", ())) else None
+
+
+def _spec(x, rank):
+    sharding = _explicit(x)
+    spec = tuple(sharding.spec) if sharding is not None else ()
+    return spec + (None,) * (rank - len(spec))
+
+
+def _reshape(x, shape, spec):
+    """``x.reshape(shape)``; under explicit sharding typed ``spec`` (the layouts here keep each
+    shard on its device, so the reshape moves nothing between devices)."""
+    sharding = _explicit(x)
+    if sharding is None:
+        return x.reshape(shape)
+    return lax.reshape(x, tuple(shape), out_sharding=jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec)))
+
+
+def _to_shards(x, grid):
+    """x (the leaf's shape) → (*grid, shard elements): each shard's elements, row-major, contiguous."""
+    if not grid:
+        if _explicit(x) is not None:  # blocks over the whole leaf: gather it first
+            x = jax.sharding.reshard(x, jax.sharding.PartitionSpec())
+        return jnp.ravel(x)
+    rank = len(grid)
+    spec = _spec(x, rank)
+    local = _local_shape(x.shape, grid)
+    split = _reshape(x, [n for pair in zip(grid, local) for n in pair], [a for s in spec for a in (s, None)])
+    moved = jnp.transpose(split, [2 * d for d in range(rank)] + [2 * d + 1 for d in range(rank)])
+    return _reshape(moved, (*grid, int(np.prod(local))), (*spec, None))
+
+
+def _from_shards(flat, shape, grid):
+    """The inverse of :func:`_to_shards`."""
+    if not grid:
+        return flat.reshape(shape)
+    rank = len(grid)
+    spec = _spec(flat, rank + 1)[:rank]
+    local = _local_shape(shape, grid)
+    split = _reshape(flat, (*grid, *local), (*spec, *(None,) * rank))
+    order = [i for d in range(rank) for i in (d, rank + d)]
+    return _reshape(jnp.transpose(split, order), shape, spec)
 
 
 def is_quantized(node) -> bool:
@@ -130,7 +219,7 @@ _KEY_SHIFT = 13  # a float32's bits >> 13: its exponent and top 10 mantissa bits
 
 
 @functools.lru_cache(maxsize=None)
-def _tables(bits: int, signed: bool):
+def tables(bits: int, signed: bool):
     """Lookup tables for the nearest code value of a magnitude a ∈ [0, 1], without a search.
 
     ``start[key(a) − key₀]`` is the number of magnitude midpoints below the lower edge of a's
@@ -138,7 +227,8 @@ def _tables(bits: int, signed: bool):
     midpoint, so j = start + (a > midpoint[start]) is the nearest magnitude. Magnitudes below
     the first cell (key₀, under half the smallest nonzero magnitude) all round to j = 0.
     ``index_of[sign][j]`` is then the code's index of ±magnitude[j] (for a signed code without
-    −1, −1 goes to the most negative value, its nearest).
+    −1, −1 goes to the most negative value, its nearest). The one-pass kernel takes these
+    same tables as operands (adaptx/_src/kernels), so both paths pick the same codes.
     """
     values = code(bits, signed)
     magnitudes = np.unique(np.abs(values))
@@ -160,58 +250,124 @@ def _tables(bits: int, signed: bool):
     return start.astype(np.uint8), padded, positive.astype(np.uint8), negative.astype(np.uint8), first, floor
 
 
+def _lookup(table, index):
+    """``table[index]`` for a small constant table: under explicit sharding the result is typed
+    with the indices' sharding (jax cannot infer it from a table that lives on no mesh)."""
+    table = jnp.asarray(table)
+    sharding = jax.typeof(index).sharding
+    mesh = getattr(sharding, "mesh", None)
+    if any(t == jax.sharding.AxisType.Explicit for t in getattr(mesh, "axis_types", ())):
+        return table.at[index].get(out_sharding=sharding)
+    return table[index]
+
+
 def _nearest(normal, bits: int, signed: bool):
     """The index of the code value nearest each element of ``normal`` (in [−1, 1]), as uint8."""
-    start, midpoints, positive, negative, first, floor = _tables(bits, signed)
-    start, midpoints, positive, negative = map(jnp.asarray, (start, midpoints, positive, negative))
+    start, midpoints, positive, negative, first, floor = tables(bits, signed)
     magnitude = jnp.clip(jnp.abs(normal), floor, 1.0)
     key = lax.shift_right_logical(lax.bitcast_convert_type(magnitude, jnp.uint32), jnp.uint32(_KEY_SHIFT))
-    j = start[(key - jnp.uint32(first)).astype(jnp.int32)].astype(jnp.int32)
-    j = j + (magnitude > midpoints[j]).astype(jnp.int32)
+    j = _lookup(start, (key - jnp.uint32(first)).astype(jnp.int32)).astype(jnp.int32)
+    j = j + (magnitude > _lookup(midpoints, j)).astype(jnp.int32)
     if not signed:
-        return positive[j]
-    both = jnp.concatenate([positive, negative])  # one gather: j, or j + len for negative elements
-    return both[j + (normal < 0).astype(jnp.int32) * positive.shape[0]]
+        return _lookup(positive, j)
+    both = np.concatenate([positive, negative])  # one gather: j, or j + len for negative elements
+    return _lookup(both, j + (normal < 0).astype(jnp.int32) * positive.shape[0])
 
 
-def quantize(x, bits: int, block_size: int, signed: bool) -> QuantizedArray:
-    """x → nearest code index of x/absmax per block, absmax kept in float32."""
+def quantize(x, bits: int, block_size: int, signed: bool, grid: tuple = ()) -> QuantizedArray:
+    """x → nearest code index of x/absmax per block, absmax kept in float32; blocks per shard of ``grid``."""
     shape = np.shape(x)
-    flat = jnp.ravel(x).astype(jnp.float32)
-    pad = -flat.size % block_size
-    blocks = jnp.pad(flat, (0, pad)).reshape(-1, block_size)
-    scales = jnp.max(jnp.abs(blocks), axis=1)
-    normal = blocks * (1 / jnp.where(scales > 0, scales, 1))[:, None]
+    flat = _to_shards(jnp.asarray(x).astype(jnp.float32), grid)
+    pad = -flat.shape[-1] % block_size
+    padded = jnp.pad(flat, [(0, 0)] * (flat.ndim - 1) + [(0, pad)])
+    blocks = _reshape(padded, (*grid, padded.shape[-1] // block_size, block_size), (*_spec(padded, len(grid)), None, None)[:len(grid) + 2])
+    scales = jnp.max(jnp.abs(blocks), axis=-1)
+    normal = blocks * (1 / jnp.where(scales > 0, scales, 1))[..., None]
     index = _nearest(normal, bits, signed)
     if bits == 4:
-        index = index[:, 0::2] | (index[:, 1::2] << 4)
-    return QuantizedArray(index, scales, shape, bits, block_size, signed)
+        index = index[..., 0::2] | (index[..., 1::2] << 4)
+    return QuantizedArray(index, scales, shape, bits, block_size, signed, grid)
 
 
-def constant(shape, fill: float, bits: int, block_size: int, signed: bool) -> QuantizedArray:
+def constant(shape, fill: float, bits: int, block_size: int, signed: bool, grid: tuple = (),
+             sharding=None) -> QuantizedArray:
     """``quantize(full(shape, fill))`` built directly: every block's absmax is |fill|, every code ±1 (or 0).
 
     An initial state: quantizing the filled array itself would cost a pass over it (and,
-    eagerly, a compilation per op).
+    eagerly, a compilation per op). ``sharding``, the param's NamedSharding when ``grid`` is
+    not ``()``, places each shard's codes and scales on the devices holding that shard.
     """
-    size = int(np.prod(shape))
-    blocks = -(-size // block_size)
+    local = int(np.prod(_local_shape(shape, grid))) if grid else int(np.prod(shape))
+    blocks = -(-local // block_size)
     values = code(bits, signed)
     target = 0.0 if fill == 0 else np.sign(fill)
     index = int(np.abs(values - target).argmin())
     if bits == 4:
         index = index | (index << 4)
-    codes = jnp.full((blocks, block_size * bits // 8), index, jnp.uint8)
-    return QuantizedArray(codes, jnp.full((blocks,), abs(float(fill)), jnp.float32), shape, bits, block_size, signed)
+    codes_shape, scales_shape = (*grid, blocks, block_size * bits // 8), (*grid, blocks)
+    codes_at = scales_at = None
+    if grid and sharding is not None:
+        spec = tuple(sharding.spec) + (None,) * (len(grid) - len(sharding.spec))
+        codes_at = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec, None, None))
+        scales_at = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec, None))
+    codes = jnp.full(codes_shape, index, jnp.uint8, device=codes_at)
+    scales = jnp.full(scales_shape, abs(float(fill)), jnp.float32, device=scales_at)
+    return QuantizedArray(codes, scales, shape, bits, block_size, signed, grid)
+
+
+def _unpacked(q: QuantizedArray):
+    index = q.codes
+    if q.bits == 4:
+        index = jnp.stack([index & 0xF, index >> 4], axis=-1).reshape(*index.shape[:-1], -1)
+    return index
+
+
+def _unblocked(q: QuantizedArray, blocks):
+    """(*grid, blocks, B) → the leaf's shape: padding dropped, shards put back in place."""
+    flat = _reshape(blocks, (*q.grid, int(np.prod(blocks.shape[len(q.grid):]))), _spec(blocks, len(q.grid) + 1))
+    local = int(np.prod(_local_shape(q.shape, q.grid))) if q.grid else q.size
+    return _from_shards(flat[..., :local], q.shape, q.grid)
+
+
+def decode_indices(q: QuantizedArray) -> jax.Array:
+    """The code index of every element of ``q`` (4-bit codes unpacked), shaped like the leaf."""
+    return _unblocked(q, _unpacked(q))
 
 
 def dequantize(q: QuantizedArray) -> jax.Array:
     """The float32 array ``q`` holds: code value × block absmax."""
-    index = q.codes
-    if q.bits == 4:
-        index = jnp.stack([index & 0xF, index >> 4], axis=-1).reshape(index.shape[0], -1)
-    values = jnp.asarray(code(q.bits, q.signed))[index.astype(jnp.int32)] * q.scales[:, None]
-    return values.reshape(-1)[:q.size].reshape(q.shape)
+    values = _lookup(code(q.bits, q.signed), _unpacked(q).astype(jnp.int32)) * q.scales[..., None]
+    return _unblocked(q, values)
+
+
+def resolution(bits: int, signed: bool) -> float:
+    """The largest round-trip error the code allows, relative to the block's absmax.
+
+    Half the widest gap between neighbouring code values (the nearest value is never further
+    away), or, for a code without 0 (Li et al.'s zero-point-free one), its smallest value, where
+    everything below rounds up to. For the signed codes, which hold 1 but not −1, −1 rounds to the
+    most negative value, as far from it as half the widest gap (both are 0.9/2^k/2 at 10^0).
+    """
+    values = code(bits, signed).astype(np.float64)
+    return float(max(np.max(np.diff(values)) / 2, values.min() if values.min() > 0 else 0.0,
+                     1 + values.min() if signed else 0.0))
+
+
+def round_trip_error(x, bits: int, block_size: int, signed: bool) -> dict:
+    """Per block of ``x``: the largest and the RMS |x − dequantize(quantize(x))|, relative to the block's absmax.
+
+    Returns ``{"max": (blocks,), "rms": (blocks,)}`` NumPy arrays (blocks whose absmax is 0
+    are exact and report 0); :func:`resolution` bounds every ``max``.
+    """
+    x = np.asarray(x, np.float32)
+    q = quantize(jnp.asarray(x), bits, block_size, signed)
+    error = np.abs(np.asarray(dequantize(q), np.float64) - x).ravel()
+    count = error.size
+    blocks = np.pad(error, (0, -count % block_size)).reshape(-1, block_size)
+    absmax = np.asarray(q.scales, np.float64).reshape(-1)
+    relative = blocks / np.where(absmax > 0, absmax, 1)[:, None]
+    sizes = np.minimum(block_size, count - np.arange(len(absmax)) * block_size)  # the last block may be short
+    return {"max": relative.max(axis=1), "rms": np.sqrt(np.sum(relative ** 2, axis=1) / sizes)}
 
 
 def load(tree) -> Any:
@@ -222,7 +378,7 @@ def load(tree) -> Any:
 def store(new, like) -> Any:
     """``new`` with each leaf requantized where ``like`` (the state it replaces) holds a quantized one."""
     def leaf(old, value):
-        return quantize(value, old.bits, old.block_size, old.signed) if is_quantized(old) else value
+        return quantize(value, old.bits, old.block_size, old.signed, old.grid) if is_quantized(old) else value
 
     return jax.tree.map(leaf, like, new, is_leaf=is_quantized)
 

@@ -37,3 +37,9 @@ def test_zero1_example_saves_state_memory():
     # XLA fuses both alike whatever the ISA, so each element sees the same operations.
     assert re.search(r"largest difference from the replicated run: 0\.00e\+00", out), out
 
+
+
+def test_quantized_blocks_never_straddle_shards():
+    """Quantized moments are blocked per shard, shard like their params and step as on one device."""
+    out = run_on_8_devices("tests/_quantized_sharding_check.py", "auto", "explicit")
+    assert out.count("PASS") == 2, out

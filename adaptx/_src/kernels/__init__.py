@@ -37,9 +37,13 @@ import numpy as np
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
+from adaptx._src import quantize
+
 LIBRARY = f"{__name__}._fused_step"  # the extension setup.py builds, found as a module would be
 SYMBOL = "AdaptxFusedStep"  # the handler fused_step.cc exports (XLA_FFI_DEFINE_HANDLER_SYMBOL)
 TARGET = "adaptx_fused_step"
+# Adam over one leaf with quantized moments (adaptx.Quantized): dequantize, step, requantize per block.
+QUANTIZED_SYMBOL, QUANTIZED_TARGET = "AdaptxQuantizedStep", "adaptx_quantized_step"
 OPTIMIZERS = {"adam": 0, "adagrad": 1, "rmsprop": 2}
 # Slots of the hyperparameter vector; the order is the kernel's ``Slot`` enum.
 SLOTS = ("neg_lr", "b1", "b1c", "b2", "b2c", "eps", "eps_root", "inv_bc1", "inv_bc2", "decay", "has_decay", "after")
@@ -107,11 +111,13 @@ def _load(path: Path) -> Optional[str]:
     except OSError as error:
         return f"the one-pass kernel library {path} cannot be loaded ({error}): {REINSTALL}"
     try:
-        handler = getattr(library, SYMBOL)
-    except AttributeError:
-        return f"the one-pass kernel library {path} has no {SYMBOL} handler: {REINSTALL}"
+        handlers = {target: getattr(library, symbol) for target, symbol in
+                    ((TARGET, SYMBOL), (QUANTIZED_TARGET, QUANTIZED_SYMBOL))}
+    except AttributeError as error:
+        return f"the one-pass kernel library {path} lacks a handler ({error}): {REINSTALL}"
     try:
-        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handler), platform="cpu")
+        for target, handler in handlers.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform="cpu")
     except Exception as error:  # XLA refused it: e.g. built against an incompatible jaxlib
         return (f"XLA refused the one-pass kernel in {path} ({type(error).__name__}: {error}) under "
                 f"jaxlib {jaxlib.__version__}: {REINSTALL}")
@@ -158,6 +164,42 @@ def ordered_after(value):
         _after.reset(token)
 
 
+def _hyper_vector(hyper: dict):
+    after = _after.get()
+    if after is not None:
+        hyper = {**hyper, "after": after}
+    return jnp.stack([jnp.asarray(hyper.get(name, 0.0), jnp.float32) for name in SLOTS])
+
+
+def quantized_adam_step(hyper: dict, param, grad, mu, nu):
+    """One Adam step of one leaf whose moments are :class:`~adaptx._src.quantize.QuantizedArray`.
+
+    ``hyper`` as in :func:`step` (Adam's slots). Returns the new param and the new ``mu`` and
+    ``nu``, each in its format: the numbers the jnp path (dequantize, step, quantize) computes,
+    in one pass over the leaf. Each output aliases its input, as in :func:`step`.
+    """
+    if (mu.block_size != nu.block_size or mu.size != param.size or nu.size != param.size
+            or mu.grid or nu.grid):  # blocks per shard are laid out otherwise
+        raise ValueError(f"quantized moments {mu} and {nu} do not hold a leaf of shape {param.shape}")
+    tables, attrs = [], {}
+    for name, q in (("m", mu), ("v", nu)):
+        start, midpoints, positive, negative, first, floor = quantize.tables(q.bits, q.signed)
+        tables += [jnp.asarray(quantize.code(q.bits, q.signed)), jnp.asarray(start), jnp.asarray(midpoints),
+                   jnp.asarray(positive), jnp.asarray(negative)]
+        attrs.update({f"{name}_bits": np.int32(q.bits), f"{name}_signed": bool(q.signed),
+                      f"{name}_first": np.int64(first), f"{name}_floor": np.float32(floor)})
+    operands = [_hyper_vector(hyper), param, grad, mu.codes, mu.scales, nu.codes, nu.scales, *tables]
+    aliased = (1, 3, 4, 5, 6)
+    results = [jax.ShapeDtypeStruct(operands[i].shape, operands[i].dtype) for i in aliased]
+    call = jax.ffi.ffi_call(QUANTIZED_TARGET, results, input_output_aliases={i: k for k, i in enumerate(aliased)},
+                            vmap_method="sequential")
+    p, m_codes, m_scales, v_codes, v_scales = call(
+        *operands, block_size=np.int64(mu.block_size), parallel_min=np.int64(PARALLEL_MIN), **attrs)
+    rebuild = lambda q, codes, scales: quantize.QuantizedArray(  # noqa: E731
+        codes, scales, q.shape, q.bits, q.block_size, q.signed, q.grid)
+    return p, rebuild(mu, m_codes, m_scales), rebuild(nu, v_codes, v_scales)
+
+
 def step(optimizer: str, hyper: dict, params: Sequence, grads: Sequence, moments: Sequence, offsets=None):
     """Apply one step of ``optimizer`` to every leaf in one pass.
 
@@ -168,10 +210,7 @@ def step(optimizer: str, hyper: dict, params: Sequence, grads: Sequence, moments
     same layout. Each output aliases its input, so under a jit with donated
     buffers the step writes in place.
     """
-    after = _after.get()
-    if after is not None:
-        hyper = {**hyper, "after": after}
-    vector = jnp.stack([jnp.asarray(hyper.get(name, 0.0), jnp.float32) for name in SLOTS])
+    vector = _hyper_vector(hyper)
     new_params, new_moments = [], [[] for _ in moments] if offsets is None else list(moments)
     for start in range(0, len(params), LEAVES_PER_CALL):
         group = slice(start, start + LEAVES_PER_CALL)

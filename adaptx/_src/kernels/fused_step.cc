@@ -246,6 +246,318 @@ ffi::Error FusedStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Rem
   return ffi::Error::Success();
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Adam with quantized moments (adaptx.Quantized, adaptx/_src/quantize.py): per block of B
+// elements, dequantize m and v (code value × block absmax), step exactly as Run does, then
+// requantize: the block's new absmax s, and for each element the code index nearest m/s,
+// found from the same lookup tables the jnp path uses (quantize._tables), so the codes and
+// scales match the jnp path's bit for bit. One pass per block: the moments move as 1 byte
+// (or half a byte) per element each way instead of XLA's several float32 passes.
+
+// One moment's format and tables, as quantize.tables builds them (widened to int32 once per
+// call, so that the loops below can use vector gathers).
+struct Code {
+  int32_t bits;
+  const float* values;            // 2^bits code values, sorted
+  std::vector<int32_t> start;     // per float32 key cell: magnitude midpoints below the cell
+  std::vector<float> cut;         // per key cell: midpoints[start], the one midpoint it may hold
+  uint32_t first; float floor;
+  bool is_signed;
+  // The sorted code puts magnitude rank r at zero + r (x >= 0) and zero − r, or 0 for the
+  // absmax 1 that a signed code lacks as −1 (x < 0): checked against the tables in CheckCode,
+  // and arithmetic here, where a third table lookup would cost a third emulated gather.
+  int32_t zero;                   // the index of 0 (also the padding elements of the last block)
+};
+
+struct QuantizedMoment {
+  const uint8_t* codes_in; uint8_t* codes;
+  const float* scales_in; float* scales;
+};
+
+struct QuantizedLeaf {
+  void* p; const void* g; const void* p_in;
+  QuantizedMoment m, v;
+  int64_t n;
+  bool bf16;
+};
+
+// One block's codes <-> one int32 index per element (4 bits: two a byte, the even element low).
+template <int kBits>
+inline void Unpack(const uint8_t* __restrict row, int64_t block_size, int32_t* __restrict index) {
+  if constexpr (kBits == 8) {
+    for (int64_t j = 0; j < block_size; ++j) index[j] = row[j];
+  } else {
+    for (int64_t j = 0; j < block_size / 2; ++j) {
+      index[2 * j] = row[j] & 0xF;
+      index[2 * j + 1] = row[j] >> 4;
+    }
+  }
+}
+
+template <int kBits>
+inline void Pack(const int32_t* __restrict index, int64_t block_size, uint8_t* __restrict row) {
+  if constexpr (kBits == 8) {
+    for (int64_t j = 0; j < block_size; ++j) row[j] = static_cast<uint8_t>(index[j]);
+  } else {
+    for (int64_t j = 0; j < block_size / 2; ++j)
+      row[j] = static_cast<uint8_t>(index[2 * j] | (index[2 * j + 1] << 4));
+  }
+}
+
+// Requantize one block of new moment values x[0..count) (count <= B; the rest is padding):
+// quantize.quantize and quantize._nearest, op for op.
+template <int kBits>
+inline void Requantize(const Code& code, const float* __restrict x, int64_t count, int64_t block_size,
+                       int32_t* __restrict index, uint8_t* row, float* scale) {
+  // The absmax as the largest |x|'s bits: for non-negative floats the integer order is the
+  // float order, and an integer maximum vectorizes where a float one (NaN rules) does not.
+  uint32_t largest = 0;
+  for (int64_t j = 0; j < count; ++j) {
+    uint32_t bits;
+    std::memcpy(&bits, x + j, 4);
+    largest = std::max(largest, bits & 0x7FFFFFFFu);
+  }
+  float absmax;
+  std::memcpy(&absmax, &largest, 4);
+  const float inverse = 1.0f / (absmax > 0.0f ? absmax : 1.0f);
+  const int32_t* __restrict start = code.start.data();
+  const float* __restrict cut = code.cut.data();
+  const int32_t zero = code.zero;
+  const bool is_signed = code.is_signed;
+  const float floor = code.floor;
+  const int32_t first = static_cast<int32_t>(code.first);
+  for (int64_t j = 0; j < count; ++j) {
+    const float normal = x[j] * inverse;
+    const float a = std::min(std::max(std::fabs(normal), floor), 1.0f);
+    uint32_t key;
+    std::memcpy(&key, &a, 4);
+    const int32_t cell = static_cast<int32_t>(key >> 13) - first;
+    const int32_t r = start[cell] + (a > cut[cell] ? 1 : 0);  // both lookups at one index
+    const int32_t below = zero - r;
+    index[j] = (is_signed && normal < 0.0f) ? (below > 0 ? below : 0) : zero + r;
+  }
+  for (int64_t j = count; j < block_size; ++j) index[j] = code.zero;
+  Pack<kBits>(index, block_size, row);
+  *scale = absmax;
+}
+
+// Per-thread scratch for one block.
+struct Scratch {
+  std::vector<int32_t> m_index, v_index;
+  std::vector<float> m_new, v_new;
+  explicit Scratch(int64_t b) : m_index(b), v_index(b), m_new(b), v_new(b) {}
+};
+
+template <typename S, bool kDecoupled, int kMBits, int kVBits>
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void RunQuantized(const Hyper h, const QuantizedLeaf& leaf, const Code& mc, const Code& vc, int64_t block_size,
+                  int64_t first_block, int64_t last_block, Scratch& scratch) {
+  using T = typename S::T;
+  T* __restrict p = static_cast<T*>(leaf.p);
+  const T* __restrict g_in = static_cast<const T*>(leaf.g);
+  const float neg_lr = S::Round(h[kNegLr]), decay = S::Round(h[kDecay]);
+  const int64_t m_row = block_size * kMBits / 8, v_row = block_size * kVBits / 8;
+  int32_t* __restrict mi = scratch.m_index.data();
+  int32_t* __restrict vi = scratch.v_index.data();
+  float* __restrict m_new = scratch.m_new.data();
+  float* __restrict v_new = scratch.v_new.data();
+  const float* __restrict m_values = mc.values;
+  const float* __restrict v_values = vc.values;
+  for (int64_t b = first_block; b < last_block; ++b) {
+    const int64_t begin = b * block_size, count = std::min(leaf.n - begin, block_size);
+    uint8_t* m_codes = leaf.m.codes + b * m_row;
+    uint8_t* v_codes = leaf.v.codes + b * v_row;
+    const float m_scale = leaf.m.scales[b], v_scale = leaf.v.scales[b];
+    Unpack<kMBits>(m_codes, block_size, mi);
+    Unpack<kVBits>(v_codes, block_size, vi);
+    T* __restrict pb = p + begin;
+    const T* __restrict gb = g_in + begin;
+    // Dequantize, then Run's step on the float32 moments: two loops, each of which vectorizes
+    // (the gathers kept the one loop scalar).
+    for (int64_t j = 0; j < count; ++j) {
+      m_new[j] = m_values[mi[j]] * m_scale;
+      v_new[j] = v_values[vi[j]] * v_scale;
+    }
+    for (int64_t j = 0; j < count; ++j) {
+      float g = S::Load(gb[j]);
+      float x = S::Load(pb[j]);
+      float m = m_new[j];
+      float v = v_new[j];
+      float u = S::Round(Direction<kAdam>(h, g, m, v));
+      if (kDecoupled) u = S::Round(u + S::Round(decay * x));
+      u = S::Round(neg_lr * u);
+      pb[j] = S::Store(x + u);
+      m_new[j] = m;
+      v_new[j] = v;
+    }
+    Requantize<kMBits>(mc, m_new, count, block_size, mi, m_codes, leaf.m.scales + b);
+    Requantize<kVBits>(vc, v_new, count, block_size, vi, v_codes, leaf.v.scales + b);
+  }
+}
+
+struct QuantizedWork {
+  Hyper h;
+  QuantizedLeaf leaf;
+  Code mc, vc;
+  int64_t block_size, blocks_per_chunk, chunks;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+
+  template <typename S, bool kDecoupled>
+  void RunBits(int64_t first, int64_t last, Scratch& scratch) {
+    const int key = (mc.bits == 8 ? 2 : 0) + (vc.bits == 8 ? 1 : 0);
+    switch (key) {
+      case 3: return RunQuantized<S, kDecoupled, 8, 8>(h, leaf, mc, vc, block_size, first, last, scratch);
+      case 2: return RunQuantized<S, kDecoupled, 8, 4>(h, leaf, mc, vc, block_size, first, last, scratch);
+      case 1: return RunQuantized<S, kDecoupled, 4, 8>(h, leaf, mc, vc, block_size, first, last, scratch);
+      default: return RunQuantized<S, kDecoupled, 4, 4>(h, leaf, mc, vc, block_size, first, last, scratch);
+    }
+  }
+
+  void Drain() {
+    Scratch scratch(block_size);
+    const size_t width = leaf.bf16 ? sizeof(uint16_t) : sizeof(float);
+    const int64_t blocks = (leaf.n + block_size - 1) / block_size;
+    const bool decoupled = h[kHasDecay] != 0.0f;
+    for (int64_t c; (c = next.fetch_add(1)) < chunks;) {
+      const int64_t first = c * blocks_per_chunk, last = std::min(blocks, first + blocks_per_chunk);
+      const int64_t begin = first * block_size, end = std::min(leaf.n, last * block_size);
+      CopyIfDistinct(leaf.p, leaf.p_in, begin, end, width);
+      for (const QuantizedMoment* q : {&leaf.m, &leaf.v}) {
+        const int64_t row = block_size * (q == &leaf.m ? mc.bits : vc.bits) / 8;
+        CopyIfDistinct(q->codes, q->codes_in, first * row, last * row, 1);
+        CopyIfDistinct(q->scales, q->scales_in, first, last, sizeof(float));
+      }
+      if (leaf.bf16) {
+        decoupled ? RunBits<BF16, true>(first, last, scratch) : RunBits<BF16, false>(first, last, scratch);
+      } else {
+        decoupled ? RunBits<F32, true>(first, last, scratch) : RunBits<F32, false>(first, last, scratch);
+      }
+      done.fetch_add(1, std::memory_order_release);
+    }
+  }
+};
+
+// Checks one moment's tables (operands first..first+4) and fills ``code``; an error names what is wrong.
+// Every index the step will compute is proven in range here: key − first < n_start for magnitudes
+// in [floor, 1], start[·] + (a > midpoint) < n_magnitudes, and the code indices < 2^bits.
+ffi::Error CheckCode(ffi::RemainingArgs& args, size_t first, int32_t bits, bool is_signed, int64_t key_first,
+                     float floor, Code* code) {
+  if (bits != 8 && bits != 4) return ffi::Error::InvalidArgument("adaptx: quantized moments have 8 or 4 bits");
+  auto values = args.get<ffi::AnyBuffer>(first).value();
+  auto start = args.get<ffi::AnyBuffer>(first + 1).value();
+  auto midpoints = args.get<ffi::AnyBuffer>(first + 2).value();
+  auto positive = args.get<ffi::AnyBuffer>(first + 3).value();
+  auto negative = args.get<ffi::AnyBuffer>(first + 4).value();
+  if (values.element_type() != ffi::DataType::F32 || midpoints.element_type() != ffi::DataType::F32 ||
+      start.element_type() != ffi::DataType::U8 || positive.element_type() != ffi::DataType::U8 ||
+      negative.element_type() != ffi::DataType::U8)
+    return ffi::Error::InvalidArgument("adaptx: code tables have the wrong dtypes");
+  const size_t n_codes = size_t{1} << bits, n_magnitudes = midpoints.element_count();
+  if (values.element_count() != n_codes || positive.element_count() != n_magnitudes ||
+      negative.element_count() != n_magnitudes || n_magnitudes < 2)
+    return ffi::Error::InvalidArgument("adaptx: code tables of the wrong sizes");
+  uint32_t floor_bits, one_bits;
+  const float one = 1.0f;
+  std::memcpy(&floor_bits, &floor, 4);
+  std::memcpy(&one_bits, &one, 4);
+  if (!(floor > 0.0f) || key_first != (floor_bits >> 13) ||
+      static_cast<int64_t>(start.element_count()) != (one_bits >> 13) - key_first + 1)
+    return ffi::Error::InvalidArgument("adaptx: the code's key table does not cover [floor, 1]");
+  const uint8_t* s = static_cast<const uint8_t*>(start.untyped_data());
+  // j = start + (a > midpoints[start]) < n_magnitudes: every start is in range, and the last
+  // midpoint is +inf, so no magnitude steps past it.
+  const float* mids = static_cast<const float*>(midpoints.untyped_data());
+  if (!(mids[n_magnitudes - 1] == INFINITY)) return ffi::Error::InvalidArgument("adaptx: the midpoints lack their +inf end");
+  for (size_t i = 0; i < start.element_count(); ++i)
+    if (s[i] >= n_magnitudes) return ffi::Error::InvalidArgument("adaptx: a key table entry is out of range");
+  const uint8_t* pos = static_cast<const uint8_t*>(positive.untyped_data());
+  const uint8_t* neg = static_cast<const uint8_t*>(negative.untyped_data());
+  for (size_t i = 0; i < n_magnitudes; ++i)
+    if (pos[i] >= n_codes || neg[i] >= n_codes || (!is_signed && pos[i] != neg[i]))
+      return ffi::Error::InvalidArgument("adaptx: a code index is out of range (or signed in an unsigned code)");
+  // the rank → index maps of quantize.tables, as the loop computes them
+  const int32_t zero = is_signed ? (1 << (bits - 1)) - 1 : 0;
+  for (size_t i = 0; i < n_magnitudes; ++i) {
+    const int32_t r = static_cast<int32_t>(i);
+    if (pos[i] != zero + r || (is_signed && neg[i] != std::max(zero - r, 0)))
+      return ffi::Error::InvalidArgument("adaptx: the code's index tables are not a sorted code's");
+  }
+  code->bits = bits;
+  code->values = static_cast<const float*>(values.untyped_data());
+  code->start.assign(s, s + start.element_count());
+  code->cut.resize(start.element_count());
+  for (size_t i = 0; i < start.element_count(); ++i) code->cut[i] = mids[s[i]];
+  code->first = static_cast<uint32_t>(key_first);
+  code->floor = floor;
+  code->is_signed = is_signed;
+  code->zero = zero;
+  return ffi::Error::Success();
+}
+
+// Operands: hyper, p, g, m codes, m scales, v codes, v scales, then m's five tables and v's five.
+// Results (aliasing operands 1, 3, 4, 5, 6): p, m codes, m scales, v codes, v scales.
+ffi::Error QuantizedStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
+                         ffi::RemainingRets rets, int64_t block_size, int32_t m_bits, int32_t v_bits,
+                         bool m_signed, bool v_signed, int64_t m_first, int64_t v_first, float m_floor,
+                         float v_floor, int64_t parallel_min) {
+  if (hyper.element_count() != kSlots) return ffi::Error::InvalidArgument("adaptx: wrong hyperparameter vector");
+  if (args.size() != 16 || rets.size() != 5)
+    return ffi::Error::InvalidArgument("adaptx: a quantized step takes one leaf and its tables");
+  if (block_size < 2 || block_size % 2) return ffi::Error::InvalidArgument("adaptx: block_size must be even");
+  auto work = std::make_shared<QuantizedWork>();
+  std::memcpy(work->h.h, hyper.typed_data(), sizeof(work->h.h));
+  if (auto e = CheckCode(args, 6, m_bits, m_signed, m_first, m_floor, &work->mc); e.failure()) return e;
+  if (auto e = CheckCode(args, 11, v_bits, v_signed, v_first, v_floor, &work->vc); e.failure()) return e;
+  auto p = args.get<ffi::AnyBuffer>(0).value();
+  auto g = args.get<ffi::AnyBuffer>(1).value();
+  auto p_out = rets.get<ffi::AnyBuffer>(0).value();
+  const auto type = p.element_type();
+  if (type != ffi::DataType::F32 && type != ffi::DataType::BF16)
+    return ffi::Error::InvalidArgument("adaptx: params must be float32 or bfloat16");
+  if (g.element_type() != type || p_out->element_type() != type)
+    return ffi::Error::InvalidArgument("adaptx: gradients and results must have the params' dtype");
+  const int64_t n = static_cast<int64_t>(p.element_count());
+  if (static_cast<int64_t>(g.element_count()) != n || static_cast<int64_t>(p_out->element_count()) != n)
+    return ffi::Error::InvalidArgument("adaptx: gradients and results must have the params' size");
+  const int64_t blocks = (n + block_size - 1) / block_size;
+  QuantizedMoment* moments[2] = {&work->leaf.m, &work->leaf.v};
+  const int32_t bits[2] = {m_bits, v_bits};
+  for (int k = 0; k < 2; ++k) {
+    auto codes = args.get<ffi::AnyBuffer>(2 + 2 * k).value();
+    auto scales = args.get<ffi::AnyBuffer>(3 + 2 * k).value();
+    auto codes_out = rets.get<ffi::AnyBuffer>(1 + 2 * k).value();
+    auto scales_out = rets.get<ffi::AnyBuffer>(2 + 2 * k).value();
+    if (codes.element_type() != ffi::DataType::U8 || codes_out->element_type() != ffi::DataType::U8 ||
+        scales.element_type() != ffi::DataType::F32 || scales_out->element_type() != ffi::DataType::F32)
+      return ffi::Error::InvalidArgument("adaptx: quantized moments are uint8 codes and float32 scales");
+    const int64_t code_bytes = blocks * block_size * bits[k] / 8;
+    if (static_cast<int64_t>(codes.element_count()) != code_bytes ||
+        static_cast<int64_t>(codes_out->element_count()) != code_bytes ||
+        static_cast<int64_t>(scales.element_count()) != blocks ||
+        static_cast<int64_t>(scales_out->element_count()) != blocks)
+      return ffi::Error::InvalidArgument("adaptx: a quantized moment does not hold its leaf's blocks");
+    *moments[k] = QuantizedMoment{static_cast<const uint8_t*>(codes.untyped_data()),
+                                  static_cast<uint8_t*>(codes_out->untyped_data()),
+                                  static_cast<const float*>(scales.untyped_data()),
+                                  static_cast<float*>(scales_out->untyped_data())};
+  }
+  work->leaf.p = p_out->untyped_data();
+  work->leaf.g = g.untyped_data();
+  work->leaf.p_in = p.untyped_data();
+  work->leaf.n = n;
+  work->leaf.bf16 = type == ffi::DataType::BF16;
+  work->block_size = block_size;
+  work->blocks_per_chunk = std::max<int64_t>(1, kChunk / block_size);
+  work->chunks = (blocks + work->blocks_per_chunk - 1) / work->blocks_per_chunk;
+  const int64_t helpers = n < parallel_min ? 0 : std::min<int64_t>(pool.num_threads(), work->chunks - 1);
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work->Drain(); });
+  work->Drain();
+  while (work->done.load(std::memory_order_acquire) < work->chunks) std::this_thread::yield();
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AdaptxFusedStep, FusedStep,
@@ -258,3 +570,20 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdaptxFusedStep, FusedStep,
                                   .Attr<int64_t>("parallel_min")
                                   .Attr<bool>("flat")
                                   .Attr<ffi::Span<const int64_t>>("offsets"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdaptxQuantizedStep, QuantizedStep,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<int64_t>("block_size")
+                                  .Attr<int32_t>("m_bits")
+                                  .Attr<int32_t>("v_bits")
+                                  .Attr<bool>("m_signed")
+                                  .Attr<bool>("v_signed")
+                                  .Attr<int64_t>("m_first")
+                                  .Attr<int64_t>("v_first")
+                                  .Attr<float>("m_floor")
+                                  .Attr<float>("v_floor")
+                                  .Attr<int64_t>("parallel_min"));

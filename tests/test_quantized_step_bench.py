@@ -1,0 +1,23 @@
+"""benchmarks/quantized_step.py runs end to end at a tiny size and, in --quick, writes nothing into
+benchmarks/ (no timing is asserted)."""
+import json
+
+import pytest
+
+from benchmarks import quantized_step
+
+
+def test_quick_run_reports_every_contender(tmp_path):
+    before = {p.name: p.stat().st_mtime_ns for p in quantized_step.HERE.iterdir()}
+    result, out = quantized_step.main(["--quick", "--reps", "1", "--out", str(tmp_path)])
+    assert {p.name: p.stat().st_mtime_ns for p in quantized_step.HERE.iterdir()} == before
+    assert out == tmp_path and set(result) == set(quantized_step.contenders())
+    text = (tmp_path / "quantized_step.md").read_text()
+    for name in result:
+        assert f"| {name} |" in text
+    assert json.loads((tmp_path / "quantized_step.json").read_text())["results"].keys() == result.keys()
+
+
+def test_quick_run_refuses_the_committed_folder():
+    with pytest.raises(SystemExit):
+        quantized_step.main(["--quick", "--out", str(quantized_step.HERE)])
