@@ -4,7 +4,7 @@
 matrix, a rank-3 leaf, a vector and a scalar; one compiled scan per structure.
 The tolerance is derived from the step count: TOLERANCE = STEPS · ε_float32
 (2.4e-5), each leaf's largest error relative to its largest value
-(``_parity.relative_deviation``). Measured: ≤ 2e-7 against optax, ≤ 1.5e-7
+(``harness.relative_deviation``). Measured: ≤ 2e-7 against optax, ≤ 1.5e-7
 against torch, ≤ 4.6e-7 against keras.
 """
 import inspect
@@ -22,7 +22,7 @@ import adaptx
 from adaptx._src.factored import factored_axes
 from adaptx.compat import keras as kx
 from adaptx.compat import torch as ct
-from _parity import STEPS, relative_deviation, trajectory
+from harness import PEER_STEPS as STEPS, relative_deviation, scan_trajectory
 
 TOLERANCE = STEPS * float(np.finfo(np.float32).eps)
 # optax factors only axes of ≥ min_dim_size_to_factor elements: 3 here so that both kinds occur.
@@ -48,8 +48,8 @@ def test_matches_optax(options, problem):
     lr = 0.05
     ours = adaptx.adafactor(lr, 3, relative_step=False, factored_dims="largest", **options)
     theirs = optax.adafactor(lr, 3, **options)
-    got, _ = trajectory(("adafactor-optax", tuple(options)), ours, params, grads)
-    want, _ = trajectory(("optax.adafactor", tuple(options)), theirs, params, grads)
+    got, _ = scan_trajectory(("adafactor-optax", tuple(options)), ours, params, grads)
+    want, _ = scan_trajectory(("optax.adafactor", tuple(options)), theirs, params, grads)
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(want))
     assert relative_deviation(got, want) <= TOLERANCE
 
@@ -97,9 +97,10 @@ def _torch_run(kwargs, params, grads):
     dict(),
     dict(lr=0.05, beta2_decay=-0.6, eps=(1e-20, 1e-2), d=1.5, weight_decay=0.01, maximize=True),
 ], ids=["defaults", "drawn"])
+@pytest.mark.parity
 def test_matches_torch(kwargs, problem):
     params, grads = problem
-    got, state = trajectory(("torch.Adafactor", tuple(kwargs)), ct.Adafactor(**kwargs), params, grads)
+    got, state = scan_trajectory(("torch.Adafactor", tuple(kwargs)), ct.Adafactor(**kwargs), params, grads)
     want, torch_state = _torch_run(kwargs, params, grads)
     assert relative_deviation(got, want) <= TOLERANCE
     from adaptx._src.factored import FactoredMoments
@@ -131,15 +132,16 @@ def _keras_run(kwargs, params, grads):
     dict(),
     dict(learning_rate=0.05, beta_2_decay=-0.6, epsilon_1=1e-20, epsilon_2=1e-2, clip_threshold=1.5),
 ], ids=["defaults", "drawn"])
+@pytest.mark.parity
 def test_matches_keras(kwargs, problem):
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "jax":
-        pytest.skip("keras runs another backend")
+    import keras
+    assert keras.backend.backend() == "jax", "keras was imported with another backend: set KERAS_BACKEND=jax"
     params, grads = problem
-    got, _ = trajectory(("keras.Adafactor", tuple(kwargs)), kx.Adafactor(**kwargs), params, grads)
+    got, _ = scan_trajectory(("keras.Adafactor", tuple(kwargs)), kx.Adafactor(**kwargs), params, grads)
     assert relative_deviation(got, _keras_run(kwargs, params, grads)) <= TOLERANCE
 
 
+@pytest.mark.parity
 def test_signatures_are_the_libraries():
     import keras
     import torch

@@ -41,5 +41,5 @@ def test_zero1_example_saves_state_memory():
 
 def test_quantized_blocks_never_straddle_shards():
     """Quantized moments are blocked per shard, shard like their params and step as on one device."""
-    out = run_on_8_devices("tests/_quantized_sharding_check.py", "auto", "explicit")
+    out = run_on_8_devices("tests/distributed/_quantized_sharding_check.py", "auto", "explicit")
     assert out.count("PASS") == 2, out

@@ -1,4 +1,4 @@
-"""Quantized moments on 8 simulated CPU devices; run by tests/test_sharding.py in a process of its own.
+"""Quantized moments on 8 simulated CPU devices; run by tests/distributed/test_sharding.py in a process of its own.
 
 Blocks never straddle shards: each device's codes and scales are exactly the blocks of its
 own shard of the param, checked by recomputing every device's absmax from its local shard of
@@ -18,7 +18,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E4
 import adaptx  # noqa: E402
 from adaptx._src import quantize as qz  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
 from harness import assert_trees_within, step_cost  # noqa: E402
 
 # Both axes sharded, the trailing axis only, the leading only (with a partial last block per
