@@ -38,7 +38,6 @@ at the top; ``--render JSON`` re-renders a recorded run instead of measuring.
 import argparse
 import datetime
 import json
-import os
 import statistics
 import sys
 import time
@@ -50,7 +49,7 @@ import optax
 
 import adaptx
 from benchmarks.run import load, machine
-from benchmarks.timing import interleaved, median_ms
+from benchmarks.timing import interleaved, median_ms, results_folder
 
 HERE = Path(__file__).parent
 OPTIMIZERS = ("adam", "rmsprop", "adagrad")
@@ -319,10 +318,7 @@ def main(argv=None):
     text = markdown(res, meta, before)
     print(text)
     if args.write:
-        out = args.out or (Path(os.environ.get("TMPDIR", "/tmp")) / "plain_path_quick" if args.quick else HERE)
-        if args.quick and out.resolve() == HERE.resolve():
-            raise SystemExit("--quick never writes into benchmarks/: its figures are not a record")
-        out.mkdir(parents=True, exist_ok=True)
+        out = results_folder(args.out, args.quick, "plain-path")
         (out / "plain_path.md").write_text(text)
         rows = [dict(target=r[0], adaptx=r[1], peer=r[2], ratio=r[3], met=met(r)) for r in targets(res)]
         (out / "plain_path.json").write_text(json.dumps(dict(meta=meta, results=res, targets=rows), indent=1) + "\n")

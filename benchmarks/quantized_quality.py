@@ -21,7 +21,6 @@ import argparse
 import datetime
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import jax
@@ -29,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import adaptx
-from adaptx import digits
+from adaptx_demo import digits
+from benchmarks.timing import results_folder
 
 HERE = Path(__file__).parent.resolve()
 TEXT = HERE / "quality_text.txt"
@@ -172,10 +172,7 @@ def main(argv=None):
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if set(tasks) - set(TASKS):
         ap.error(f"unknown tasks {sorted(set(tasks) - set(TASKS))}; choose from {', '.join(TASKS)}")
-    if args.out is None:
-        args.out = Path(tempfile.mkdtemp(prefix="adaptx-quantized-quality-")) if args.quick else HERE
-    if args.quick and args.out.resolve() == HERE:
-        ap.error("--quick never writes into benchmarks/ (its smoke figures would replace the recorded ones)")
+    args.out = results_folder(args.out, args.quick, "quantized-quality")
     steps = args.steps or (40 if args.quick else 400)
     meta = dict(date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"), steps=steps,
                 command="python -m benchmarks.quantized_quality " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -19,7 +19,6 @@ import argparse
 import datetime
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import jax
@@ -30,9 +29,8 @@ import optax
 import adaptx
 from adaptx._src import kernels
 from benchmarks.run import load, machine
-from benchmarks.timing import interleaved, median_ms
+from benchmarks.timing import interleaved, median_ms, results_folder
 
-HERE = Path(__file__).parent.resolve()
 BASE = "adaptx adam float32, plain"
 
 
@@ -98,10 +96,7 @@ def main(argv=None):
     ap.add_argument("--size-log2", type=int, default=None)
     ap.add_argument("--reps", type=int, default=None)
     args = ap.parse_args(argv)
-    if args.out is None:
-        args.out = Path(tempfile.mkdtemp(prefix="adaptx-quantized-step-")) if args.quick else HERE
-    if args.quick and args.out.resolve() == HERE:
-        ap.error("--quick never writes into benchmarks/ (its smoke figures would replace the recorded ones)")
+    args.out = results_folder(args.out, args.quick, "quantized-step")
     n = 1 << (args.size_log2 or (12 if args.quick else 24))
     reps = args.reps or (3 if args.quick else 15)
     meta = dict(date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),

@@ -9,7 +9,6 @@ import datetime
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 
 import jax
@@ -18,6 +17,7 @@ import optax
 import adaptx
 from adaptx._src import kernels
 from benchmarks import report, suites
+from benchmarks.timing import results_folder
 
 SUITES = ("single", "leaves", "bf16")
 
@@ -54,11 +54,7 @@ def main(argv=None):
     unknown = set(only) - set(SUITES)
     if unknown:
         ap.error(f"unknown suites {sorted(unknown)}; choose from {', '.join(SUITES)}")
-    committed = Path(__file__).parent.resolve()
-    if args.out is None:
-        args.out = Path(tempfile.mkdtemp(prefix="adaptx-bench-")) if args.quick else committed
-    if args.quick and args.out.resolve() == committed:
-        ap.error("--quick never writes into benchmarks/ (its smoke figures would replace the recorded ones)")
+    args.out = results_folder(args.out, args.quick, "bench")
     n = 1 << (args.size_log2 or (14 if args.quick else 24))
     leaves = args.leaves or (20 if args.quick else 1000)
     reps = args.reps or (3 if args.quick else 21)

@@ -1,7 +1,11 @@
-"""Interleaved wall-clock timing and the trace / lower / compile split of a jitted step."""
+"""Interleaved wall-clock timing, the trace / lower / compile split of a jitted step, and where results go."""
 import statistics
+import tempfile
 import time
-from typing import Callable, Dict, List
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+RECORDS = Path(__file__).resolve().parent  # benchmarks/: the committed figures
 
 
 def interleaved(runs: Dict[str, Callable[[], None]], reps: int) -> Dict[str, List[float]]:
@@ -38,3 +42,16 @@ def compile_phases(jitted, *args) -> Dict[str, object]:
         "trace_s": traced_at - start, "lower_s": lowered_at - traced_at, "compile_s": done_at - lowered_at,
         "compiled": compiled,
     }
+
+
+def results_folder(out: Optional[Path], quick: bool, name: str) -> Path:
+    """Where a run writes: ``out``, else a fresh scratch folder for ``--quick``, else benchmarks/.
+
+    A smoke run never writes into benchmarks/: its figures would replace the recorded ones.
+    """
+    if out is None:
+        out = Path(tempfile.mkdtemp(prefix=f"adaptx-{name}-")) if quick else RECORDS
+    if quick and Path(out).resolve() == RECORDS:
+        raise SystemExit("--quick never writes into benchmarks/ (its smoke figures would replace the recorded ones)")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return Path(out)

@@ -54,7 +54,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -65,7 +64,7 @@ import optax
 import adaptx
 from benchmarks.run import load, machine
 from benchmarks import steppers
-from benchmarks.timing import compile_phases, interleaved, median_ms
+from benchmarks.timing import compile_phases, interleaved, median_ms, results_folder
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
@@ -546,10 +545,7 @@ def main(argv=None):
     text = markdown(res, meta)
     print(text)
     if args.write:
-        out = args.out or (Path(tempfile.gettempdir()) / "train_step_share_quick" if args.quick else HERE)
-        if args.quick and out.resolve() == HERE.resolve():
-            raise SystemExit("--quick never writes into benchmarks/: its figures are not a record")
-        out.mkdir(parents=True, exist_ok=True)
+        out = results_folder(args.out, args.quick, "train-step-share")
         (out / "train_step_share.md").write_text(text)
         rows = [dict(target=r[0], adaptx=r[1], peer=r[2], ratio=r[3], limit=r[4], met=met(r)) for r in targets(res)]
         recorded = dict(meta=meta, results=res, targets=rows)
