@@ -51,7 +51,6 @@ import adaptx
 from benchmarks.run import load, machine
 from benchmarks.timing import interleaved, median_ms, results_folder
 
-HERE = Path(__file__).parent
 OPTIMIZERS = ("adam", "rmsprop", "adagrad")
 CONTENDERS = ("adaptx", "optax", "inject")
 LR = 1e-3
