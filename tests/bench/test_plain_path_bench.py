@@ -2,7 +2,7 @@
 into benchmarks/ (no timing is asserted)."""
 import json
 
-from benchmarks import plain_path
+from benchmarks import plain_path, timing
 
 TINY = dict(eqn_leaves=3, build_leaves=(2, 3), repeats=1, n=64, step_reps=1)
 
@@ -10,9 +10,9 @@ TINY = dict(eqn_leaves=3, build_leaves=(2, 3), repeats=1, n=64, step_reps=1)
 def test_tiny_run_reports_every_row(tmp_path, monkeypatch):
     measure = plain_path.measure
     monkeypatch.setattr(plain_path, "measure", lambda **_: measure(**TINY, log=lambda *_: None))
-    before = {p.name: p.stat().st_mtime_ns for p in plain_path.HERE.iterdir()}
+    before = {p.name: p.stat().st_mtime_ns for p in timing.RECORDS.iterdir()}
     res, text = plain_path.main(["--quick", "--write", "--out", str(tmp_path)])
-    assert {p.name: p.stat().st_mtime_ns for p in plain_path.HERE.iterdir()} == before
+    assert {p.name: p.stat().st_mtime_ns for p in timing.RECORDS.iterdir()} == before
 
     names = [row[0] for row in plain_path.targets(res)]
     for opt in plain_path.OPTIMIZERS:
@@ -32,7 +32,7 @@ def test_tiny_run_reports_every_row(tmp_path, monkeypatch):
 
 def test_render_with_before_table(tmp_path):
     """--render re-renders a recorded run without measuring; --before puts the before → after table on top."""
-    recorded = plain_path.HERE / "plain_path_before.json"
+    recorded = timing.RECORDS / "plain_path_before.json"
     res, text = plain_path.main(["--render", str(recorded), "--before", str(recorded), "--write", "--out", str(tmp_path)])
     assert text.index("## Before → after") < text.index("## Targets")
     for opt in plain_path.OPTIMIZERS:

@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from benchmarks import quantized_step
+from benchmarks import quantized_step, timing
 
 
 def test_quick_run_reports_every_contender(tmp_path):
-    before = {p.name: p.stat().st_mtime_ns for p in quantized_step.HERE.iterdir()}
+    before = {p.name: p.stat().st_mtime_ns for p in timing.RECORDS.iterdir()}
     result, out = quantized_step.main(["--quick", "--reps", "1", "--out", str(tmp_path)])
-    assert {p.name: p.stat().st_mtime_ns for p in quantized_step.HERE.iterdir()} == before
+    assert {p.name: p.stat().st_mtime_ns for p in timing.RECORDS.iterdir()} == before
     assert out == tmp_path and set(result) == set(quantized_step.contenders())
     text = (tmp_path / "quantized_step.md").read_text()
     for name in result:
@@ -20,4 +20,4 @@ def test_quick_run_reports_every_contender(tmp_path):
 
 def test_quick_run_refuses_the_committed_folder():
     with pytest.raises(SystemExit):
-        quantized_step.main(["--quick", "--out", str(quantized_step.HERE)])
+        quantized_step.main(["--quick", "--out", str(timing.RECORDS)])
