@@ -2,11 +2,14 @@
 every target and, in --quick, writes nothing into benchmarks/ (no timing is asserted)."""
 import json
 
+import pytest
+
 from benchmarks import train_step_share as share
 
 TINY = dict(n=256, leaves=3, reps=1, build_repeats=1, side=16)
 
 
+@pytest.mark.kernel
 def test_tiny_run_reports_every_target(tmp_path, monkeypatch):
     measure = share.measure
     monkeypatch.setattr(share, "measure", lambda **_: measure(**TINY, log=lambda *_: None))

@@ -138,6 +138,7 @@ def test_quantized_adam_follows_float32_adam_with_traced_hyperparameters():
         assert len(traces) == before  # hyperparameters stay traced
 
 
+@pytest.mark.kernel
 def test_only_adams_kernel_reads_quantized_moments():
     q = adaptx.Quantized(8)
     params = {"w": jnp.ones((64, 64))}

@@ -17,7 +17,8 @@ def run_on_8_devices(*argv: str) -> str:
     return done.stdout
 
 
-@pytest.mark.parametrize("checks", [("auto",), ("explicit", "zero1", "checkpoint"), ("kernel-auto", "kernel-explicit")])
+@pytest.mark.parametrize("checks", [("auto",), ("explicit", "zero1", "checkpoint"),
+                                    pytest.param(("kernel-auto", "kernel-explicit"), marks=pytest.mark.kernel)])
 def test_state_follows_param_sharding(checks):
     """init (eager and jitted) and jitted steps keep each param's NamedSharding; numbers match one device."""
     out = run_on_8_devices("tests/distributed/_sharding_check.py", *checks)
