@@ -111,9 +111,10 @@ def effective_rates(runs: list, learning_rates: np.ndarray, path: pathlib.Path) 
         ax.set_ylabel("rate at step t / rate at step 1")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
+    later = " (ADOPT: its first nonzero one, at step 2)" if any(run.name == "adopt" for run in runs) else ""
     suptitle(figure, "Effective learning rate per layer, ‖update‖ / ‖gradient‖ (adaptx.monitor), relative to its"
-                     " value at step 1 (ADOPT: its first nonzero one, at step 2)\nflat for SGD, falling for Adagrad"
-                     " (its accumulator only grows), rising with momentum")
+                     f" value at step 1{later}\nflat for SGD, falling for Adagrad (its accumulator only grows),"
+                     " rising with momentum")
     save_figure(figure, path)
 
 
