@@ -1,10 +1,11 @@
 """Adam and its infinity-norm and Nesterov variants, on the shared moment arithmetic."""
+import functools
 from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
-from adaptx._src import numerics as nx
+from adaptx._src import kernels, numerics as nx
 from adaptx._src.base import GradientTransformation
 from adaptx._src.validate import check_range, check_tree_match
 
@@ -100,9 +101,8 @@ def scale_by_adam(
         maxima = (nx.zeros_like_tree(params, nu_dtype, real=True),) if amsgrad else ()
         return nx.block_state(*states, nx.initial_count(count), mu, nu, *maxima)
 
-    @nx.stored
     def update(updates, state, params=None, **extra_args):
-        check_tree_match(updates, state.mu, "first moment")
+        check_tree_match(updates, nx.quantize_module.shapes(state.mu), "first moment")
         step, own = nx.this_step(count, state)
         bias1, bias2 = nx.bias_correction(b1, step), nx.bias_correction(b2, step)
 
@@ -115,12 +115,36 @@ def scale_by_adam(
                 nu_hat = nu_hat + nx.cast(eps_root, nu_hat)
             return mu, nu, second, nu_hat
 
-        maxima = (state.nu_max,) if amsgrad else ()
-        mu, nu, nu_max, nu_hat = nx.unzip(jax.tree.map(moments, state.mu, state.nu, updates, *maxima), updates, 4)
-        out = jax.tree.map(
-            lambda m, root, g: ((m / nx.cast(bias1, root)) / (root + nx.cast(eps, root))).astype(g.dtype),
-            mu, nx.safe_sqrt(nu_hat), updates)
-        return out, nx.block_state(*states, own, mu, nu, *((nu_max,) if amsgrad else ()))
+        def plain(g, mu, nu, *maxima):  # lists of leaves; quantized moments dequantized in, requantized out
+            old = (mu, nu, *maxima)
+            mu, nu, *maxima = nx.load(old)
+            mu, nu, nu_max, nu_hat = nx.unzip(jax.tree.map(moments, mu, nu, g, *maxima), g, 4)
+            out = jax.tree.map(
+                lambda m, root, g: ((m / nx.cast(bias1, root)) / (root + nx.cast(eps, root))).astype(g.dtype),
+                mu, nx.safe_sqrt(nu_hat), g)
+            return (out, *nx.store((mu, nu, *((nu_max,) if amsgrad else ())), old))
+
+        def native(g, mu, nu):  # one leaf whose moments are quantized: one pass on CPU, the jnp step elsewhere
+            (beta1, comp1), (beta2, comp2) = nx.split_rate(b1), nx.split_rate(b2)
+            hyper = dict(b1=beta1, b1c=comp1, b2=beta2, b2c=comp2, eps=eps, eps_root=eps_root,
+                         inv_bc1=1 / bias1.astype(jnp.float32), inv_bc2=1 / bias2.astype(jnp.float32))
+            return jax.lax.platform_dependent(
+                g, mu, nu, cpu=functools.partial(kernels.quantized_adam_direction, hyper),
+                default=lambda g, mu, nu: tuple(leaf for (leaf,) in plain([g], [mu], [nu])))
+
+        leaves, treedef = jax.tree.flatten(updates)
+        trees = [treedef.flatten_up_to(t) for t in (state.mu, state.nu, *((state.nu_max,) if amsgrad else ()))]
+        fast = set() if amsgrad else {i for i, leaf in enumerate(zip(leaves, *trees))
+                                      if kernels.steps_quantized_adam(*leaf)}
+        rest = [i for i in range(len(leaves)) if i not in fast]
+        new = [[None] * len(leaves) for _ in range(1 + len(trees))]  # out, mu, nu (, nu_max)
+        for tree, values in zip(new, plain([leaves[i] for i in rest], *([t[i] for i in rest] for t in trees))):
+            for i, value in zip(rest, values):
+                tree[i] = value
+        for i in sorted(fast):
+            new[0][i], new[1][i], new[2][i] = native(leaves[i], trees[0][i], trees[1][i])
+        out, *fields = (treedef.unflatten(values) for values in new)
+        return out, nx.block_state(*states, own, *fields)
 
     return GradientTransformation(init, update)
 

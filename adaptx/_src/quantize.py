@@ -205,6 +205,23 @@ def _from_shards(flat, shape, grid):
     return _reshape(jnp.transpose(split, order), shape, spec)
 
 
+def shard_rows(x, grid: tuple):
+    """``x`` laid out as a quantized leaf of shard grid ``grid`` is: ``(*grid, shard elements)``, each shard's
+    elements contiguous (the flat leaf when ``grid`` is ``()``); :func:`from_shard_rows` undoes it."""
+    return _to_shards(x, grid)
+
+
+def from_shard_rows(rows, shape, grid: tuple):
+    """The inverse of :func:`shard_rows`: the rows put back into a leaf of ``shape``."""
+    return _from_shards(rows, shape, grid)
+
+
+def shapes(tree) -> Any:
+    """``tree`` with each quantized leaf replaced by its shape and dtype (a ``jax.ShapeDtypeStruct``)."""
+    return jax.tree.map(lambda n: jax.ShapeDtypeStruct(n.shape, n.dtype) if is_quantized(n) else n, tree,
+                        is_leaf=is_quantized)
+
+
 def is_quantized(node) -> bool:
     return isinstance(node, QuantizedArray)
 
@@ -215,7 +232,7 @@ def quantizes(leaf, spec) -> bool:
             and not jnp.issubdtype(jnp.result_type(leaf), jnp.complexfloating))
 
 
-_KEY_SHIFT = 13  # a float32's bits >> 13: its exponent and top 10 mantissa bits, cells 2⁻¹⁰ wide relative
+_KEY_SHIFT = 16  # a float32's bits >> 16: its exponent and top 7 mantissa bits, cells 2⁻⁷ wide relative
 
 
 @functools.lru_cache(maxsize=None)

@@ -3,7 +3,8 @@
 Blocks never straddle shards: each device's codes and scales are exactly the blocks of its
 own shard of the param, checked by recomputing every device's absmax from its local shard of
 the moment; the state keeps its layout through jitted steps; the numbers equal one device's,
-stepping the same (per-shard blocked) state. Prints ``PASS <check>``; a failure raises.
+stepping the same (per-shard blocked) state; Adam's native step runs each device's shards where
+they are, without a collective. Prints ``PASS <check>``; a failure raises.
 """
 import os
 import sys
@@ -16,7 +17,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
 
 import adaptx  # noqa: E402
-from adaptx._src import quantize as qz  # noqa: E402
+from adaptx._src import kernels, quantize as qz  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: harness
 from harness import assert_trees_within, step_cost  # noqa: E402
@@ -49,6 +50,11 @@ def check(axis_type):
             if axis_type == AxisType.Auto and init == "jit":
                 continue  # under jit an Auto-sharded tracer does not know its sharding: see shard_grid
             step = jax.jit(lambda p, s, g: (lambda u, s: (adaptx.apply_updates(p, u), s))(*tx.update(g, s, p)))
+            if kernels.available():  # Adam's native step, each device on its own shards: no collective
+                compiled = step.lower(params, state, grads[0]).compile().as_text()
+                assert compiled.count(kernels.DIRECTION_TARGET) == 3, (name, init)  # w, t, v
+                assert not any(c in compiled for c in ("all-gather", "all-to-all", "all-reduce",
+                                                       "collective-permute")), (name, init)
             p, s = params, state
             for g in grads:
                 p, s = step(p, s, g)
@@ -85,7 +91,31 @@ def check(axis_type):
     print(f"PASS quantized blocks follow the shards ({axis_type.name})")
 
 
+def check_sweep():
+    """A sweep (jax.vmap) of quantized Adam over several devices: the native step, once per member."""
+    rng = np.random.default_rng(1)
+    params = {"w": jnp.asarray(rng.standard_normal((64, 80)), jnp.float32)}
+    data = {"x": jnp.asarray(rng.standard_normal((16, 64)), jnp.float32)}
+
+    def loss(p, batch):
+        return jnp.mean(jnp.square(batch["x"] @ p["w"] - 1.0))
+
+    q = adaptx.Quantized(8)
+    rates = [1e-3, 1e-2]
+    swept = adaptx.sweep(loss, adaptx.adam(1e-3, mu_dtype=q, nu_dtype=q), params, data, {"learning_rate": rates},
+                         steps=4, progress=False)
+    for i, rate in enumerate(rates):
+        tx = adaptx.adam(rate, mu_dtype=q, nu_dtype=q)
+        step = jax.jit(lambda p, s: (lambda u, s: (adaptx.apply_updates(p, u), s))(*tx.update(jax.grad(loss)(p, data), s, p)))
+        p, s = params, tx.init(params)
+        for _ in range(4):
+            p, s = step(p, s)
+        assert_trees_within(jax.tree.map(lambda x: x[i], swept.params), p, 4, *step_cost("adam"), what="sweep ")
+    print("PASS a quantized sweep over several devices")
+
+
 if __name__ == "__main__":
     assert jax.device_count() == 8, jax.devices()
     for axis in sys.argv[1:] or ["auto", "explicit"]:
         check({"auto": AxisType.Auto, "explicit": AxisType.Explicit}[axis])
+    check_sweep()

@@ -44,6 +44,8 @@ SYMBOL = "AdaptxFusedStep"  # the handler fused_step.cc exports (XLA_FFI_DEFINE_
 TARGET = "adaptx_fused_step"
 # Adam over one leaf with quantized moments (adaptx.Quantized): dequantize, step, requantize per block.
 QUANTIZED_SYMBOL, QUANTIZED_TARGET = "AdaptxQuantizedStep", "adaptx_quantized_step"
+# Adam's direction over one leaf with quantized moments: scale_by_adam's update on CPU (the plain path).
+DIRECTION_SYMBOL, DIRECTION_TARGET = "AdaptxQuantizedDirection", "adaptx_quantized_direction"
 OPTIMIZERS = {"adam": 0, "adagrad": 1, "rmsprop": 2}
 # Slots of the hyperparameter vector; the order is the kernel's ``Slot`` enum.
 SLOTS = ("neg_lr", "b1", "b1c", "b2", "b2c", "eps", "eps_root", "inv_bc1", "inv_bc2", "decay", "has_decay", "after")
@@ -55,6 +57,10 @@ LEAVES_PER_CALL = 16
 # A call over fewer elements runs on the calling thread alone: waking a pool
 # thread costs more than it saves there, and XLA runs independent calls side by side.
 PARALLEL_MIN = 1 << 16
+# Which loops the quantized steps run: 1, the AVX-512 ones where the CPU has them (else the portable
+# ones); 0, the portable ones; 2, the AVX-512 ones or an error. The tests set 0 and 2 to check that
+# both give the same numbers.
+VECTOR = 1
 
 NOT_BUILT = ("the one-pass kernel was not built when adaptx was installed (no C++ compiler?): "
              "reinstall adaptx with a C++ compiler to enable it; the plain path is used")
@@ -112,7 +118,8 @@ def _load(path: Path) -> Optional[str]:
         return f"the one-pass kernel library {path} cannot be loaded ({error}): {REINSTALL}"
     try:
         handlers = {target: getattr(library, symbol) for target, symbol in
-                    ((TARGET, SYMBOL), (QUANTIZED_TARGET, QUANTIZED_SYMBOL))}
+                    ((TARGET, SYMBOL), (QUANTIZED_TARGET, QUANTIZED_SYMBOL),
+                     (DIRECTION_TARGET, DIRECTION_SYMBOL))}
     except AttributeError as error:
         return f"the one-pass kernel library {path} lacks a handler ({error}): {REINSTALL}"
     try:
@@ -171,6 +178,23 @@ def _hyper_vector(hyper: dict):
     return jnp.stack([jnp.asarray(hyper.get(name, 0.0), jnp.float32) for name in SLOTS])
 
 
+def _code_operands(mu, nu):
+    """The code tables of ``mu`` and ``nu`` (operands) and their formats (attributes), for both quantized calls."""
+    tables, attrs = [], {}
+    for name, q in (("m", mu), ("v", nu)):
+        start, midpoints, positive, negative, first, floor = quantize.tables(q.bits, q.signed)
+        tables += [jnp.asarray(quantize.code(q.bits, q.signed)), jnp.asarray(start), jnp.asarray(midpoints),
+                   jnp.asarray(positive), jnp.asarray(negative)]
+        attrs.update({f"{name}_bits": np.int32(q.bits), f"{name}_signed": bool(q.signed),
+                      f"{name}_first": np.int64(first), f"{name}_floor": np.float32(floor)})
+    return tables, dict(attrs, block_size=np.int64(mu.block_size), parallel_min=np.int64(PARALLEL_MIN),
+                        vector=np.int32(VECTOR))
+
+
+def _rebuilt(q, codes, scales):
+    return quantize.QuantizedArray(codes, scales, q.shape, q.bits, q.block_size, q.signed, q.grid)
+
+
 def quantized_adam_step(hyper: dict, param, grad, mu, nu):
     """One Adam step of one leaf whose moments are :class:`~adaptx._src.quantize.QuantizedArray`.
 
@@ -181,23 +205,95 @@ def quantized_adam_step(hyper: dict, param, grad, mu, nu):
     if (mu.block_size != nu.block_size or mu.size != param.size or nu.size != param.size
             or mu.grid or nu.grid):  # blocks per shard are laid out otherwise
         raise ValueError(f"quantized moments {mu} and {nu} do not hold a leaf of shape {param.shape}")
-    tables, attrs = [], {}
-    for name, q in (("m", mu), ("v", nu)):
-        start, midpoints, positive, negative, first, floor = quantize.tables(q.bits, q.signed)
-        tables += [jnp.asarray(quantize.code(q.bits, q.signed)), jnp.asarray(start), jnp.asarray(midpoints),
-                   jnp.asarray(positive), jnp.asarray(negative)]
-        attrs.update({f"{name}_bits": np.int32(q.bits), f"{name}_signed": bool(q.signed),
-                      f"{name}_first": np.int64(first), f"{name}_floor": np.float32(floor)})
+    tables, attrs = _code_operands(mu, nu)
     operands = [_hyper_vector(hyper), param, grad, mu.codes, mu.scales, nu.codes, nu.scales, *tables]
     aliased = (1, 3, 4, 5, 6)
     results = [jax.ShapeDtypeStruct(operands[i].shape, operands[i].dtype) for i in aliased]
     call = jax.ffi.ffi_call(QUANTIZED_TARGET, results, input_output_aliases={i: k for k, i in enumerate(aliased)},
                             vmap_method="sequential")
-    p, m_codes, m_scales, v_codes, v_scales = call(
-        *operands, block_size=np.int64(mu.block_size), parallel_min=np.int64(PARALLEL_MIN), **attrs)
-    rebuild = lambda q, codes, scales: quantize.QuantizedArray(  # noqa: E731
-        codes, scales, q.shape, q.bits, q.block_size, q.signed, q.grid)
-    return p, rebuild(mu, m_codes, m_scales), rebuild(nu, v_codes, v_scales)
+    p, m_codes, m_scales, v_codes, v_scales = call(*operands, **attrs)
+    return p, _rebuilt(mu, m_codes, m_scales), _rebuilt(nu, v_codes, v_scales)
+
+
+def steps_quantized_adam(grad, mu, nu) -> bool:
+    """Whether :func:`quantized_adam_direction` takes this leaf: both moments quantized alike, a real float32 or bfloat16 gradient."""
+    return (quantize.is_quantized(mu) and quantize.is_quantized(nu) and mu.block_size == nu.block_size
+            and mu.grid == nu.grid and mu.shape == nu.shape == tuple(jnp.shape(grad))
+            and jnp.result_type(grad) in LEAF_DTYPES and available())
+
+
+def quantized_adam_direction(hyper: dict, grad, mu, nu):
+    """Adam's direction u = m̂ / (√v̂ + ε) over one leaf with quantized moments, and the new moments.
+
+    ``scale_by_adam``'s update of one leaf on CPU, in one pass per block (dequantize, step,
+    requantize) where the jnp path takes several; the same numbers. ``hyper`` holds Adam's
+    slots (b1, b1c, b2, b2c, eps, eps_root, inv_bc1, inv_bc2). The gradient is laid out as
+    the moments are (each shard of a sharded leaf a row, blocked on its own), and over several
+    devices each device steps its own shards: the call never moves a block between devices.
+    """
+    rows = quantize.shard_rows(grad, mu.grid)
+    tables, attrs = _code_operands(mu, nu)
+    operands = [_hyper_vector(hyper), rows, mu.codes, mu.scales, nu.codes, nu.scales, *tables]
+    aliased = (2, 3, 4, 5)
+
+    def call(*operands):  # on the whole leaf, or on one device's shards of it
+        results = [jax.ShapeDtypeStruct(operands[i].shape, operands[i].dtype) for i in (1, *aliased)]
+        ffi = jax.ffi.ffi_call(DIRECTION_TARGET, results, vmap_method="sequential",
+                               input_output_aliases={1: 0, **{i: k + 1 for k, i in enumerate(aliased)}})
+        return tuple(ffi(*operands, **attrs))
+
+    if jax.device_count() > 1:
+        call = _per_shard(call, operands, len(mu.grid))
+    u, m_codes, m_scales, v_codes, v_scales = call(*operands)
+    return (quantize.from_shard_rows(u, mu.shape, mu.grid), _rebuilt(mu, m_codes, m_scales),
+            _rebuilt(nu, v_codes, v_scales))
+
+
+def _per_shard(call, operands, rank):
+    """``call`` over the shards of a quantized leaf: operands 1–5 (the gradient's rows, the codes and
+    scales) are split over their first ``rank`` axes, the grid, alike; the rest is replicated.
+
+    Explicit axes map the call with ``jax.shard_map``; otherwise ``custom_partitioning`` tells the
+    partitioner that each device steps its own shards (it would gather an opaque call's operands).
+    """
+    mesh = _explicit_mesh(operands[:6])  # it skips the hyperparameter vector
+    if mesh is not None:
+        grid = tuple(jax.typeof(operands[1]).sharding.spec)[:rank]
+        grid = grid + (None,) * (rank - len(grid))
+        specs = [PartitionSpec()] + [PartitionSpec(*grid, *(None,) * (o.ndim - rank)) for o in operands[1:6]]
+        specs += [PartitionSpec()] * (len(operands) - 6)
+        operands[1:6] = [o if jax.typeof(o).sharding.spec == spec else jax.sharding.reshard(o, spec)
+                         for o, spec in zip(operands[1:6], specs[1:6])]
+        return jax.shard_map(call, mesh=mesh, in_specs=tuple(specs), out_specs=tuple(specs[1:6]))
+    partitioned = custom_partitioning(call)
+    grid = [f"s{axis}" for axis in range(rank)]
+    local = [["n"], ["b", "c"], ["b"], ["b", "e"], ["b"]]  # rows' elements, m's blocks and bytes, v's
+    data = [" ".join(grid + names) for names in local]
+    tables = [f"t{i}" for i in range(len(operands) - 6)]
+    rule = ", ".join(["h", *data, *tables]) + " -> " + ", ".join(data)
+
+    def partition(mesh, arg_shapes, result_shape):
+        spec = tuple(arg_shapes[1].sharding.spec)[:rank]
+        spec = spec + (None,) * (rank - len(spec))
+        shardings = [NamedSharding(mesh, PartitionSpec(*spec, *(None,) * (len(s.shape) - rank))) for s in arg_shapes[1:6]]
+        replicated = NamedSharding(mesh, PartitionSpec())
+        return mesh, call, tuple(shardings), (replicated, *shardings, *[replicated] * len(tables))
+
+    partitioned.def_partition(partition=partition, sharding_rule=rule,
+                              need_replication_factors=("h", "n", "b", "c", "e", *tables))
+
+    # custom_partitioning has no batching rule: under jax.vmap (a sweep) the call runs once per
+    # member, in a loop, as the FFI call's own vmap_method="sequential" does on one device.
+    @jax.custom_batching.custom_vmap
+    def run(*operands):
+        return partitioned(*operands)
+
+    @run.def_vmap
+    def batched(size, in_batched, *operands):
+        operands = [o if b else jnp.broadcast_to(o, (size, *o.shape)) for o, b in zip(operands, in_batched)]
+        return jax.lax.map(lambda each: run(*each), operands), (True,) * 5
+
+    return run
 
 
 def step(optimizer: str, hyper: dict, params: Sequence, grads: Sequence, moments: Sequence, offsets=None):

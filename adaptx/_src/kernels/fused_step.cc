@@ -13,8 +13,12 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
+
+#include <immintrin.h>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -251,12 +255,18 @@ ffi::Error FusedStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Rem
 // Adam with quantized moments (adaptx.Quantized, adaptx/_src/quantize.py): per block of B
 // elements, dequantize m and v (code value × block absmax), step exactly as Run does, then
 // requantize: the block's new absmax s, and for each element the code index nearest m/s,
-// found from the same lookup tables the jnp path uses (quantize._tables), so the codes and
+// found from the same lookup tables the jnp path uses (quantize.tables), so the codes and
 // scales match the jnp path's bit for bit. One pass per block: the moments move as 1 byte
 // (or half a byte) per element each way instead of XLA's several float32 passes.
+//
+// Two handlers share it. The one-pass step (adaptx.update_and_apply) updates the param in
+// place; Adam's direction (scale_by_adam's update on CPU, the path every client runs) writes
+// u = m̂ / (√v̂ + ε) for XLA to scale and add. A leaf is one or more rows, each blocked on its
+// own: the shards of a sharded leaf (QuantizedArray.grid), or the whole leaf.
 
 // One moment's format and tables, as quantize.tables builds them (widened to int32 once per
-// call, so that the loops below can use vector gathers).
+// call, so that the loops below can use vector gathers). The key tables are small (a cell is
+// 2⁻⁷ of a binade: about 3000 cells, 24 kB), so their lookups hit L1.
 struct Code {
   int32_t bits;
   const float* values;            // 2^bits code values, sorted
@@ -266,20 +276,25 @@ struct Code {
   bool is_signed;
   // The sorted code puts magnitude rank r at zero + r (x >= 0) and zero − r, or 0 for the
   // absmax 1 that a signed code lacks as −1 (x < 0): checked against the tables in CheckCode,
-  // and arithmetic here, where a third table lookup would cost a third emulated gather.
+  // and arithmetic here, where a third table lookup would cost a third load per element.
   int32_t zero;                   // the index of 0 (also the padding elements of the last block)
 };
+
+// A float32's bits >> kKeyShift: its exponent and top 7 mantissa bits, the cells of the key tables
+// (quantize._KEY_SHIFT; CheckCode rejects tables built for another shift by their size).
+constexpr int kKeyShift = 16;
 
 struct QuantizedMoment {
   const uint8_t* codes_in; uint8_t* codes;
   const float* scales_in; float* scales;
 };
 
-struct QuantizedLeaf {
-  void* p; const void* g; const void* p_in;
+// One row: n elements in ceil(n / B) blocks. ``out`` is the param (stepped in place, copied
+// from ``p_in`` first when XLA did not alias them) or the direction (written).
+struct QuantizedRow {
+  void* out; const void* g; const void* p_in;
   QuantizedMoment m, v;
   int64_t n;
-  bool bf16;
 };
 
 // One block's codes <-> one int32 index per element (4 bits: two a byte, the even element low).
@@ -326,13 +341,14 @@ inline void Requantize(const Code& code, const float* __restrict x, int64_t coun
   const int32_t zero = code.zero;
   const bool is_signed = code.is_signed;
   const float floor = code.floor;
-  const int32_t first = static_cast<int32_t>(code.first);
+  const int32_t first = static_cast<int32_t>(code.first), last = static_cast<int32_t>(code.start.size() - 1);
   for (int64_t j = 0; j < count; ++j) {
     const float normal = x[j] * inverse;
     const float a = std::min(std::max(std::fabs(normal), floor), 1.0f);
     uint32_t key;
     std::memcpy(&key, &a, 4);
-    const int32_t cell = static_cast<int32_t>(key >> 13) - first;
+    // A NaN's key lies past the table: it takes the last cell, as jnp's clamped gather does.
+    const int32_t cell = std::min(static_cast<int32_t>(key >> kKeyShift) - first, last);
     const int32_t r = start[cell] + (a > cut[cell] ? 1 : 0);  // both lookups at one index
     const int32_t below = zero - r;
     index[j] = (is_signed && normal < 0.0f) ? (below > 0 ? below : 0) : zero + r;
@@ -349,13 +365,13 @@ struct Scratch {
   explicit Scratch(int64_t b) : m_index(b), v_index(b), m_new(b), v_new(b) {}
 };
 
-template <typename S, bool kDecoupled, int kMBits, int kVBits>
+template <typename S, bool kApply, bool kDecoupled, int kMBits, int kVBits>
 __attribute__((target_clones("avx512f", "avx2", "default")))
-void RunQuantized(const Hyper h, const QuantizedLeaf& leaf, const Code& mc, const Code& vc, int64_t block_size,
+void RunQuantized(const Hyper h, const QuantizedRow& row, const Code& mc, const Code& vc, int64_t block_size,
                   int64_t first_block, int64_t last_block, Scratch& scratch) {
   using T = typename S::T;
-  T* __restrict p = static_cast<T*>(leaf.p);
-  const T* __restrict g_in = static_cast<const T*>(leaf.g);
+  T* __restrict out = static_cast<T*>(row.out);
+  const T* __restrict g_in = static_cast<const T*>(row.g);
   const float neg_lr = S::Round(h[kNegLr]), decay = S::Round(h[kDecay]);
   const int64_t m_row = block_size * kMBits / 8, v_row = block_size * kVBits / 8;
   int32_t* __restrict mi = scratch.m_index.data();
@@ -365,13 +381,13 @@ void RunQuantized(const Hyper h, const QuantizedLeaf& leaf, const Code& mc, cons
   const float* __restrict m_values = mc.values;
   const float* __restrict v_values = vc.values;
   for (int64_t b = first_block; b < last_block; ++b) {
-    const int64_t begin = b * block_size, count = std::min(leaf.n - begin, block_size);
-    uint8_t* m_codes = leaf.m.codes + b * m_row;
-    uint8_t* v_codes = leaf.v.codes + b * v_row;
-    const float m_scale = leaf.m.scales[b], v_scale = leaf.v.scales[b];
+    const int64_t begin = b * block_size, count = std::min(row.n - begin, block_size);
+    uint8_t* m_codes = row.m.codes + b * m_row;
+    uint8_t* v_codes = row.v.codes + b * v_row;
+    const float m_scale = row.m.scales[b], v_scale = row.v.scales[b];
     Unpack<kMBits>(m_codes, block_size, mi);
     Unpack<kVBits>(v_codes, block_size, vi);
-    T* __restrict pb = p + begin;
+    T* __restrict ob = out + begin;
     const T* __restrict gb = g_in + begin;
     // Dequantize, then Run's step on the float32 moments: two loops, each of which vectorizes
     // (the gathers kept the one loop scalar).
@@ -381,59 +397,429 @@ void RunQuantized(const Hyper h, const QuantizedLeaf& leaf, const Code& mc, cons
     }
     for (int64_t j = 0; j < count; ++j) {
       float g = S::Load(gb[j]);
-      float x = S::Load(pb[j]);
       float m = m_new[j];
       float v = v_new[j];
-      float u = S::Round(Direction<kAdam>(h, g, m, v));
-      if (kDecoupled) u = S::Round(u + S::Round(decay * x));
-      u = S::Round(neg_lr * u);
-      pb[j] = S::Store(x + u);
+      if constexpr (kApply) {
+        float x = S::Load(ob[j]);
+        float u = S::Round(Direction<kAdam>(h, g, m, v));
+        if (kDecoupled) u = S::Round(u + S::Round(decay * x));
+        u = S::Round(neg_lr * u);
+        ob[j] = S::Store(x + u);
+      } else {  // scale_by_adam's output, cast to the gradient's dtype
+        ob[j] = S::Store(Direction<kAdam>(h, g, m, v));
+      }
       m_new[j] = m;
       v_new[j] = v;
     }
-    Requantize<kMBits>(mc, m_new, count, block_size, mi, m_codes, leaf.m.scales + b);
-    Requantize<kVBits>(vc, v_new, count, block_size, vi, v_codes, leaf.v.scales + b);
+    Requantize<kMBits>(mc, m_new, count, block_size, mi, m_codes, row.m.scales + b);
+    Requantize<kVBits>(vc, v_new, count, block_size, vi, v_codes, row.v.scales + b);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The same block step in AVX-512, where the CPU has it: the scalar loops above spend most of
+// their time in per-element table lookups (this machine's vector gathers are slower still), so
+// here every table a lookup reads sits in registers and is read with permutes, and the nearest
+// code is found without the key tables: an approximate rank r from the code's runs of evenly
+// spaced values, then the two midpoints around r. Same operations, same rounding, same codes.
+
+#define ADAPTX_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+
+bool HasAvx512() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  return has;
+}
+
+// The nearest code of a magnitude a ∈ [floor, 1] is its rank j = #{midpoints < a}. The
+// magnitudes fall into runs of evenly spaced values (a decade of the dynamic code, the whole
+// linear code); run g, entered at a > threshold[g] (the exact midpoint below its first value),
+// holds ranks base[g] … base[g] + last[g], and there s = (a − lo)·inverse width puts a in cell
+// c = trunc(s): r = base + clamp(c, 0, last). Where s is more than kDoubt from a whole number, r
+// is j; elsewhere (a in 1/500 of the cases, near the edge of a cell) j = r + (above[r] < a) −
+// (below[r] ≥ a), above[r] = midpoint r and below[r] = midpoint r − 1, read from registers.
+// BuildRanks proves both claims for the tables it is given, or the portable loops run instead.
+constexpr float kDoubt = 1.0f / 1024;
+
+struct Ranks {
+  bool usable = false;
+  int32_t runs = 0;
+  alignas(64) float threshold[16], lo[16], inverse[16];
+  alignas(64) int32_t base[16], last[16];
+  alignas(64) float values[256], above[256], below[256];
+  // The run of a is #{thresholds < a}, found from a's binade (float exponent − first_exponent):
+  // run_at[binade] thresholds lie below the binade and at most one, split_at[binade], inside it.
+  alignas(64) int32_t run_at[32];
+  alignas(64) float split_at[32];
+  int32_t first_exponent;
+  int32_t zero, nan_rank;  // the rank a NaN takes: the key tables' last cell, as jnp's clamped gather
+  float floor;
+  bool is_signed;
+};
+
+// s and run g for one magnitude, op for op as the vector loop computes them.
+float Scaled(const Ranks& k, float a, int32_t* run) {
+  uint32_t bits;
+  std::memcpy(&bits, &a, 4);
+  const int32_t binade = static_cast<int32_t>(bits >> 23) - k.first_exponent;
+  const int32_t g = k.run_at[binade] + (a > k.split_at[binade] ? 1 : 0);
+  *run = g;
+  return (a - k.lo[g]) * k.inverse[g];
+}
+
+int32_t Truncated(float s) { return s >= 2147483648.0f || s < -2147483648.0f ? INT32_MIN : static_cast<int32_t>(s); }
+
+int32_t ApproximateRank(const Ranks& k, float a) {
+  int32_t g;
+  const int32_t c = Truncated(Scaled(k, a, &g));
+  return k.base[g] + std::min(std::max(c, 0), k.last[g]);
+}
+
+bool Doubtful(const Ranks& k, float a) {
+  int32_t g;
+  const float s = Scaled(k, a, &g);
+  const float fraction = s - static_cast<float>(Truncated(s));
+  return fraction < kDoubt || fraction > 1.0f - kDoubt;
+}
+
+int32_t ExactRank(const float* midpoints, int64_t n_magnitudes, float a) {
+  return static_cast<int32_t>(std::lower_bound(midpoints, midpoints + n_magnitudes, a) - midpoints);
+}
+
+// The first float in [low, high] (non-negative) where the monotone ``test`` holds, or high⁺.
+template <typename Test>
+float FirstWhere(float low, float high, Test test) {
+  uint32_t lo, hi;
+  std::memcpy(&lo, &low, 4);
+  std::memcpy(&hi, &high, 4);
+  ++hi;
+  while (lo < hi) {
+    const uint32_t mid = lo + (hi - lo) / 2;
+    float a;
+    std::memcpy(&a, &mid, 4);
+    if (test(a)) hi = mid; else lo = mid + 1;
+  }
+  float a;
+  std::memcpy(&a, &lo, 4);
+  return a;
+}
+
+bool BuildRanksUncached(const Code& code, const float* midpoints, int64_t n_magnitudes, Ranks* k) {
+  if (n_magnitudes > 256 || n_magnitudes < 2) return false;
+  const float* magnitude = code.values + code.zero;  // CheckCode: rank r is code index zero + r
+  // Runs: maximal stretches of equal gaps (equal up to the float32 rounding of the values).
+  std::vector<int32_t> starts = {0};
+  for (int64_t r = 1; r + 1 < n_magnitudes; ++r) {
+    const double before = double(magnitude[r]) - magnitude[r - 1], after = double(magnitude[r + 1]) - magnitude[r];
+    if (std::fabs(after - before) > 1e-3 * std::max(after, before) && r != starts.back()) starts.push_back(r + 1);
+  }
+  if (starts.size() > 16) return false;
+  k->runs = static_cast<int32_t>(starts.size());
+  for (int32_t g = 0; g < k->runs; ++g) {
+    const int32_t first = starts[g], end = g + 1 < k->runs ? starts[g + 1] : static_cast<int32_t>(n_magnitudes);
+    k->threshold[g] = g == 0 ? -INFINITY : midpoints[first - 1];
+    k->base[g] = first;
+    k->last[g] = end - 1 - first;
+    if (end - first > 1) {
+      const double width = (double(magnitude[end - 1]) - magnitude[first]) / (end - 1 - first);
+      k->lo[g] = static_cast<float>(magnitude[first] - width / 2);
+      k->inverse[g] = static_cast<float>(1.0 / width);
+    } else {  // one value, taken on (threshold, next threshold]: s runs over [1/4, 3/4] there, never doubtful
+      const double low = g == 0 ? code.floor : midpoints[first - 1], high = end < n_magnitudes ? midpoints[end - 1] : 1.0;
+      const double span = std::max(high - low, 1e-30);
+      k->lo[g] = static_cast<float>(low - span / 2);
+      k->inverse[g] = static_cast<float>(1.0 / (2 * span));
+    }
+  }
+  for (int32_t g = k->runs; g < 16; ++g) {
+    k->threshold[g] = INFINITY; k->lo[g] = 0; k->inverse[g] = 0; k->base[g] = 0; k->last[g] = 0;
+  }
+  for (int i = 0; i < 256; ++i) {
+    k->values[i] = i < (1 << code.bits) ? code.values[i] : 0.0f;
+    k->above[i] = i < n_magnitudes ? midpoints[i] : INFINITY;
+    k->below[i] = i == 0 ? -INFINITY : i - 1 < n_magnitudes ? midpoints[i - 1] : INFINITY;
+  }
+  k->zero = code.zero;
+  k->nan_rank = code.start.back();  // + (NaN > cut): false
+  k->floor = code.floor;
+  k->is_signed = code.is_signed;
+  // The proof. r is monotone in a: thresholds ascend and runs meet rank to rank.
+  for (int32_t g = 1; g < k->runs; ++g)
+    if (!(k->threshold[g] > k->threshold[g - 1]) || k->base[g] != k->base[g - 1] + k->last[g - 1] + 1) return false;
+  // The binade tables give #{thresholds < a} exactly when no binade holds two thresholds.
+  uint32_t floor_bits;
+  std::memcpy(&floor_bits, &code.floor, 4);
+  k->first_exponent = static_cast<int32_t>(floor_bits >> 23);
+  if (127 - k->first_exponent >= 32) return false;  // [floor, 1] spans more binades than a table holds
+  for (int32_t b = 0; b < 32; ++b) {
+    const float bottom = std::ldexp(1.0f, k->first_exponent + b - 127), top = 2 * bottom;
+    int32_t below = 0, inside = 0;
+    k->split_at[b] = INFINITY;
+    for (int32_t i = 1; i < k->runs; ++i) {
+      if (k->threshold[i] < bottom) ++below;
+      else if (k->threshold[i] < top) ++inside, k->split_at[b] = k->threshold[i];
+    }
+    if (inside > 1) return false;
+    k->run_at[b] = below;
+  }
+  // |r − j| ≤ 1 everywhere: on each interval where j is constant, (midpoint j−1, midpoint j] within
+  // [floor, 1], it holds at both ends, so (r being monotone) in between.
+  for (int64_t j = 0; j < n_magnitudes; ++j) {
+    const float low = std::max(j == 0 ? code.floor : std::nextafter(midpoints[j - 1], INFINITY), code.floor);
+    const float high = std::min(j + 1 < n_magnitudes ? midpoints[j] : 1.0f, 1.0f);
+    if (low > high) continue;
+    for (float a : {low, high})
+      if (std::abs(ApproximateRank(*k, a) - static_cast<int32_t>(j)) > 1) return false;
+  }
+  // r = j wherever s is not doubtful: in each cell c of each run, the floats whose s lies in
+  // [c + kDoubt, c + 1 − kDoubt] form one interval (s is monotone); j and r agree at both ends,
+  // so (j being monotone too) on all of it.
+  for (int32_t g = 0; g < k->runs; ++g) {
+    const float low = std::max(g == 0 ? code.floor : std::nextafter(k->threshold[g], INFINITY), code.floor);
+    const float high = std::min(g + 1 < k->runs ? k->threshold[g + 1] : 1.0f, 1.0f);
+    if (low > high) continue;
+    int32_t run;
+    const int32_t cells = Truncated(Scaled(*k, high, &run)) + 1;
+    if (cells > 4096) return false;
+    for (int32_t c = 0; c < cells; ++c) {
+      const float from = FirstWhere(low, high, [&](float a) { int32_t r; return Scaled(*k, a, &r) >= c + kDoubt; });
+      const float past = FirstWhere(low, high, [&](float a) { int32_t r; return Scaled(*k, a, &r) > c + 1 - kDoubt; });
+      if (!(from < past) || from > high) continue;
+      const float to = std::nextafter(past, 0.0f);
+      for (float a : {from, to})
+        if (Doubtful(*k, a) || ApproximateRank(*k, a) != ExactRank(midpoints, n_magnitudes, a)) return false;
+      if (ExactRank(midpoints, n_magnitudes, from) != ExactRank(midpoints, n_magnitudes, to)) return false;
+    }
+  }
+  return true;
+}
+
+// BuildRanksUncached costs some 10⁴ scalar evaluations; the codes are few and fixed, so the
+// proven tables are kept by content (the code values, midpoints and floor they came from).
+void BuildRanks(const Code& code, const float* midpoints, int64_t n_magnitudes, Ranks* k) {
+  struct Entry { std::vector<float> values, midpoints; float floor; int32_t start_back; Ranks ranks; bool usable; };
+  static std::mutex lock;
+  static std::vector<Entry> cache;
+  const int64_t n_values = int64_t{1} << code.bits;
+  std::vector<float> values(code.values, code.values + n_values), mids(midpoints, midpoints + n_magnitudes);
+  std::lock_guard<std::mutex> guard(lock);
+  for (const Entry& e : cache)
+    if (e.values == values && e.midpoints == mids && e.floor == code.floor && e.start_back == code.start.back() &&
+        e.ranks.zero == code.zero && e.ranks.is_signed == code.is_signed) {
+      *k = e.ranks;
+      k->usable = e.usable;
+      return;
+    }
+  const bool usable = BuildRanksUncached(code, midpoints, n_magnitudes, k);
+  k->usable = usable;
+  k->zero = code.zero;
+  k->is_signed = code.is_signed;
+  if (cache.size() < 64) cache.push_back({values, mids, code.floor, code.start.back(), *k, usable});
+}
+
+// table[index] for 16 indices in [0, 256): eight two-register permutes, then three blends.
+ADAPTX_AVX512 inline __m512 Lookup256(const float* table, __m512i index) {
+  __m512 part[8];
+  for (int i = 0; i < 8; ++i)
+    part[i] = _mm512_permutex2var_ps(_mm512_load_ps(table + 32 * i), index, _mm512_load_ps(table + 32 * i + 16));
+  const __mmask16 b5 = _mm512_test_epi32_mask(index, _mm512_set1_epi32(32));
+  const __mmask16 b6 = _mm512_test_epi32_mask(index, _mm512_set1_epi32(64));
+  const __mmask16 b7 = _mm512_test_epi32_mask(index, _mm512_set1_epi32(128));
+  for (int i = 0; i < 4; ++i) part[i] = _mm512_mask_blend_ps(b5, part[2 * i], part[2 * i + 1]);
+  for (int i = 0; i < 2; ++i) part[i] = _mm512_mask_blend_ps(b6, part[2 * i], part[2 * i + 1]);
+  return _mm512_mask_blend_ps(b7, part[0], part[1]);
+}
+
+template <int kBits>
+ADAPTX_AVX512 inline __m512 Lookup(const float* table, __m512i index) {
+  if constexpr (kBits == 4) return _mm512_permutexvar_ps(index, _mm512_load_ps(table));
+  else return Lookup256(table, index);
+}
+
+// A float32 or bfloat16 vector of 16 elements (masked), and the roundings S makes.
+template <typename S> ADAPTX_AVX512 inline __m512 Load16(const typename S::T* p, __mmask16 m) {
+  if constexpr (std::is_same_v<S, F32>) return _mm512_maskz_loadu_ps(m, p);
+  else return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+ADAPTX_AVX512 inline __m512i ToBf16Bits(__m512 x) {  // F32ToBf16, in the low 16 bits of each lane
+  const __m512i bits = _mm512_castps_si512(x);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), odd);
+  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+  return _mm512_srli_epi32(_mm512_mask_or_epi32(rounded, nan, bits, _mm512_set1_epi32(0x400000)), 16);
+}
+template <typename S> ADAPTX_AVX512 inline __m512 Round16(__m512 x) {
+  if constexpr (std::is_same_v<S, F32>) return x;
+  else return _mm512_castsi512_ps(_mm512_slli_epi32(ToBf16Bits(x), 16));
+}
+template <typename S> ADAPTX_AVX512 inline void Store16(typename S::T* p, __mmask16 m, __m512 x) {
+  if constexpr (std::is_same_v<S, F32>) _mm512_mask_storeu_ps(p, m, x);
+  else _mm512_mask_cvtepi32_storeu_epi16(p, m, ToBf16Bits(x));
+}
+
+inline __mmask16 Lanes(int64_t left) { return left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1); }
+
+// Requantize's nearest-code loop (the absmax already known), for the elements x[0..count).
+template <int kBits>
+ADAPTX_AVX512 void Nearest512(const Ranks& k, const float* __restrict x, int64_t count, float absmax,
+                              int32_t* __restrict index) {
+  const __m512 inverse = _mm512_set1_ps(1.0f / (absmax > 0.0f ? absmax : 1.0f));
+  const __m512 floor = _mm512_set1_ps(k.floor), one = _mm512_set1_ps(1.0f);
+  const __m512i zero = _mm512_set1_epi32(k.zero), ones = _mm512_set1_epi32(1);
+  const __m512 lo = _mm512_load_ps(k.lo), inv = _mm512_load_ps(k.inverse);
+  const __m512i base = _mm512_load_si512(k.base), last = _mm512_load_si512(k.last);
+  const __m512 doubt = _mm512_set1_ps(kDoubt), sure = _mm512_set1_ps(1.0f - kDoubt);
+  const __m512i first_exponent = _mm512_set1_epi32(k.first_exponent);
+  const __m512i run_at[2] = {_mm512_load_si512(k.run_at), _mm512_load_si512(k.run_at + 16)};
+  const __m512 split_at[2] = {_mm512_load_ps(k.split_at), _mm512_load_ps(k.split_at + 16)};
+  for (int64_t j = 0; j < count; j += 16) {
+    const __mmask16 m = Lanes(count - j);
+    const __m512 normal = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + j), inverse);
+    const __mmask16 nan = _mm512_cmp_ps_mask(normal, normal, _CMP_UNORD_Q);
+    const __m512 a = _mm512_min_ps(_mm512_max_ps(_mm512_abs_ps(normal), floor), one);
+    const __m512i binade = _mm512_sub_epi32(_mm512_srli_epi32(_mm512_castps_si512(a), 23), first_exponent);
+    __m512i g = _mm512_permutex2var_epi32(run_at[0], binade, run_at[1]);
+    const __mmask16 split = _mm512_cmp_ps_mask(a, _mm512_permutex2var_ps(split_at[0], binade, split_at[1]), _CMP_GT_OQ);
+    g = _mm512_mask_add_epi32(g, split, g, ones);
+    const __m512 scaled = _mm512_mul_ps(_mm512_sub_ps(a, _mm512_permutexvar_ps(g, lo)), _mm512_permutexvar_ps(g, inv));
+    const __m512i cell = _mm512_cvttps_epi32(scaled);
+    const __m512i c = _mm512_min_epi32(_mm512_max_epi32(cell, _mm512_setzero_si512()), _mm512_permutexvar_epi32(g, last));
+    __m512i r = _mm512_add_epi32(_mm512_permutexvar_epi32(g, base), c);
+    const __m512 fraction = _mm512_sub_ps(scaled, _mm512_cvtepi32_ps(cell));
+    const __mmask16 doubtful = _mm512_cmp_ps_mask(fraction, doubt, _CMP_LT_OQ) |
+                               _mm512_cmp_ps_mask(fraction, sure, _CMP_GT_OQ);
+    if (doubtful & m) {  // near a cell's edge: the midpoints around r decide
+      const __mmask16 up = _mm512_cmp_ps_mask(Lookup<kBits>(k.above, r), a, _CMP_LT_OQ);
+      const __mmask16 down = _mm512_cmp_ps_mask(Lookup<kBits>(k.below, r), a, _CMP_GE_OQ);
+      const __m512i raised = _mm512_mask_add_epi32(r, up, r, ones);
+      r = _mm512_mask_sub_epi32(raised, down, raised, ones);
+    }
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(k.nan_rank));
+    __m512i out = _mm512_add_epi32(zero, r);
+    if (k.is_signed) {
+      const __mmask16 negative = _mm512_cmp_ps_mask(normal, _mm512_setzero_ps(), _CMP_LT_OQ);
+      out = _mm512_mask_mov_epi32(out, negative, _mm512_max_epi32(_mm512_sub_epi32(zero, r), _mm512_setzero_si512()));
+    }
+    _mm512_mask_storeu_epi32(index + j, m, out);
+  }
+}
+
+template <typename S, bool kApply, bool kDecoupled, int kMBits, int kVBits>
+ADAPTX_AVX512 void RunQuantized512(const Hyper h, const QuantizedRow& row, const Ranks& mk, const Ranks& vk,
+                                   int64_t block_size, int64_t first_block, int64_t last_block, Scratch& scratch) {
+  using T = typename S::T;
+  T* __restrict out = static_cast<T*>(row.out);
+  const T* __restrict g_in = static_cast<const T*>(row.g);
+  const int64_t m_row = block_size * kMBits / 8, v_row = block_size * kVBits / 8;
+  int32_t* __restrict mi = scratch.m_index.data();
+  int32_t* __restrict vi = scratch.v_index.data();
+  float* __restrict m_new = scratch.m_new.data();
+  float* __restrict v_new = scratch.v_new.data();
+  const __m512 b1 = _mm512_set1_ps(h[kB1]), b1c = _mm512_set1_ps(h[kB1c]), b2 = _mm512_set1_ps(h[kB2]);
+  const __m512 b2c = _mm512_set1_ps(h[kB2c]), eps = _mm512_set1_ps(h[kEps]), eps_root = _mm512_set1_ps(h[kEpsRoot]);
+  const __m512 inv1 = _mm512_set1_ps(h[kInvBc1]), inv2 = _mm512_set1_ps(h[kInvBc2]);
+  const __m512 neg_lr = _mm512_set1_ps(S::Round(h[kNegLr])), decay = _mm512_set1_ps(S::Round(h[kDecay]));
+  const __m512i magnitude = _mm512_set1_epi32(0x7FFFFFFF);
+  for (int64_t b = first_block; b < last_block; ++b) {
+    const int64_t begin = b * block_size, count = std::min(row.n - begin, block_size);
+    uint8_t* m_codes = row.m.codes + b * m_row;
+    uint8_t* v_codes = row.v.codes + b * v_row;
+    const __m512 m_scale = _mm512_set1_ps(row.m.scales[b]), v_scale = _mm512_set1_ps(row.v.scales[b]);
+    Unpack<kMBits>(m_codes, block_size, mi);
+    Unpack<kVBits>(v_codes, block_size, vi);
+    T* __restrict ob = out + begin;
+    const T* __restrict gb = g_in + begin;
+    __m512i m_max = _mm512_setzero_si512(), v_max = _mm512_setzero_si512();
+    for (int64_t j = 0; j < count; j += 16) {  // Direction<kAdam> and Run's step, op for op
+      const __mmask16 lanes = Lanes(count - j);
+      __m512 m = _mm512_mul_ps(Lookup<kMBits>(mk.values, _mm512_maskz_loadu_epi32(lanes, mi + j)), m_scale);
+      __m512 v = _mm512_mul_ps(Lookup<kVBits>(vk.values, _mm512_maskz_loadu_epi32(lanes, vi + j)), v_scale);
+      const __m512 g = Load16<S>(gb + j, lanes);
+      m = _mm512_add_ps(_mm512_mul_ps(b1, m), _mm512_mul_ps(b1c, g));
+      v = _mm512_add_ps(_mm512_mul_ps(b2, v), _mm512_mul_ps(b2c, _mm512_mul_ps(g, g)));
+      const __m512 v_hat = _mm512_add_ps(_mm512_mul_ps(v, inv2), eps_root);
+      const __m512 root = _mm512_maskz_sqrt_ps(_mm512_cmp_ps_mask(v_hat, _mm512_setzero_ps(), _CMP_GT_OQ), v_hat);
+      const __m512 u = _mm512_div_ps(_mm512_mul_ps(m, inv1), _mm512_add_ps(root, eps));
+      if constexpr (kApply) {
+        const __m512 x = Load16<S>(ob + j, lanes);
+        __m512 step = Round16<S>(u);
+        if (kDecoupled) step = Round16<S>(_mm512_add_ps(step, Round16<S>(_mm512_mul_ps(decay, x))));
+        step = Round16<S>(_mm512_mul_ps(neg_lr, step));
+        Store16<S>(ob + j, lanes, _mm512_add_ps(x, step));
+      } else {
+        Store16<S>(ob + j, lanes, u);
+      }
+      _mm512_mask_storeu_ps(m_new + j, lanes, m);
+      _mm512_mask_storeu_ps(v_new + j, lanes, v);
+      m_max = _mm512_mask_max_epu32(m_max, lanes, m_max, _mm512_and_si512(_mm512_castps_si512(m), magnitude));
+      v_max = _mm512_mask_max_epu32(v_max, lanes, v_max, _mm512_and_si512(_mm512_castps_si512(v), magnitude));
+    }
+    const uint32_t m_bits = _mm512_reduce_max_epu32(m_max), v_bits = _mm512_reduce_max_epu32(v_max);
+    float m_absmax, v_absmax;
+    std::memcpy(&m_absmax, &m_bits, 4);
+    std::memcpy(&v_absmax, &v_bits, 4);
+    Nearest512<kMBits>(mk, m_new, count, m_absmax, mi);
+    Nearest512<kVBits>(vk, v_new, count, v_absmax, vi);
+    for (int64_t j = count; j < block_size; ++j) mi[j] = mk.zero, vi[j] = vk.zero;
+    Pack<kMBits>(mi, block_size, m_codes);
+    Pack<kVBits>(vi, block_size, v_codes);
+    row.m.scales[b] = m_absmax;
+    row.v.scales[b] = v_absmax;
   }
 }
 
 struct QuantizedWork {
   Hyper h;
-  QuantizedLeaf leaf;
+  std::vector<QuantizedRow> rows;
   Code mc, vc;
-  int64_t block_size, blocks_per_chunk, chunks;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
+  bool bf16, apply;
+  int64_t block_size;
+  std::vector<Chunk> chunks;  // a row (Chunk::leaf) and a range of its blocks
+  std::atomic<size_t> next{0};
+  std::atomic<size_t> done{0};
 
-  template <typename S, bool kDecoupled>
-  void RunBits(int64_t first, int64_t last, Scratch& scratch) {
+  Ranks mk, vk;
+  bool avx512;  // both codes' Ranks proven and the CPU has AVX-512
+
+  template <typename S, bool kApply, bool kDecoupled>
+  void RunBits(const QuantizedRow& row, int64_t first, int64_t last, Scratch& scratch) {
     const int key = (mc.bits == 8 ? 2 : 0) + (vc.bits == 8 ? 1 : 0);
-    switch (key) {
-      case 3: return RunQuantized<S, kDecoupled, 8, 8>(h, leaf, mc, vc, block_size, first, last, scratch);
-      case 2: return RunQuantized<S, kDecoupled, 8, 4>(h, leaf, mc, vc, block_size, first, last, scratch);
-      case 1: return RunQuantized<S, kDecoupled, 4, 8>(h, leaf, mc, vc, block_size, first, last, scratch);
-      default: return RunQuantized<S, kDecoupled, 4, 4>(h, leaf, mc, vc, block_size, first, last, scratch);
+    if (avx512) {
+      switch (key) {
+        case 3: return RunQuantized512<S, kApply, kDecoupled, 8, 8>(h, row, mk, vk, block_size, first, last, scratch);
+        case 2: return RunQuantized512<S, kApply, kDecoupled, 8, 4>(h, row, mk, vk, block_size, first, last, scratch);
+        case 1: return RunQuantized512<S, kApply, kDecoupled, 4, 8>(h, row, mk, vk, block_size, first, last, scratch);
+        default: return RunQuantized512<S, kApply, kDecoupled, 4, 4>(h, row, mk, vk, block_size, first, last, scratch);
+      }
     }
+    switch (key) {
+      case 3: return RunQuantized<S, kApply, kDecoupled, 8, 8>(h, row, mc, vc, block_size, first, last, scratch);
+      case 2: return RunQuantized<S, kApply, kDecoupled, 8, 4>(h, row, mc, vc, block_size, first, last, scratch);
+      case 1: return RunQuantized<S, kApply, kDecoupled, 4, 8>(h, row, mc, vc, block_size, first, last, scratch);
+      default: return RunQuantized<S, kApply, kDecoupled, 4, 4>(h, row, mc, vc, block_size, first, last, scratch);
+    }
+  }
+
+  template <typename S>
+  void Dispatch(const QuantizedRow& row, int64_t first, int64_t last, Scratch& scratch) {
+    if (!apply) return RunBits<S, false, false>(row, first, last, scratch);
+    h[kHasDecay] != 0.0f ? RunBits<S, true, true>(row, first, last, scratch)
+                         : RunBits<S, true, false>(row, first, last, scratch);
   }
 
   void Drain() {
     Scratch scratch(block_size);
-    const size_t width = leaf.bf16 ? sizeof(uint16_t) : sizeof(float);
-    const int64_t blocks = (leaf.n + block_size - 1) / block_size;
-    const bool decoupled = h[kHasDecay] != 0.0f;
-    for (int64_t c; (c = next.fetch_add(1)) < chunks;) {
-      const int64_t first = c * blocks_per_chunk, last = std::min(blocks, first + blocks_per_chunk);
-      const int64_t begin = first * block_size, end = std::min(leaf.n, last * block_size);
-      CopyIfDistinct(leaf.p, leaf.p_in, begin, end, width);
-      for (const QuantizedMoment* q : {&leaf.m, &leaf.v}) {
-        const int64_t row = block_size * (q == &leaf.m ? mc.bits : vc.bits) / 8;
-        CopyIfDistinct(q->codes, q->codes_in, first * row, last * row, 1);
+    const size_t width = bf16 ? sizeof(uint16_t) : sizeof(float);
+    for (size_t c; (c = next.fetch_add(1)) < chunks.size();) {
+      const QuantizedRow& row = rows[chunks[c].leaf];
+      const int64_t first = chunks[c].begin, last = chunks[c].end;
+      if (apply) CopyIfDistinct(row.out, row.p_in, first * block_size, std::min(row.n, last * block_size), width);
+      for (const QuantizedMoment* q : {&row.m, &row.v}) {
+        const int64_t bytes = block_size * (q == &row.m ? mc.bits : vc.bits) / 8;
+        CopyIfDistinct(q->codes, q->codes_in, first * bytes, last * bytes, 1);
         CopyIfDistinct(q->scales, q->scales_in, first, last, sizeof(float));
       }
-      if (leaf.bf16) {
-        decoupled ? RunBits<BF16, true>(first, last, scratch) : RunBits<BF16, false>(first, last, scratch);
-      } else {
-        decoupled ? RunBits<F32, true>(first, last, scratch) : RunBits<F32, false>(first, last, scratch);
-      }
+      bf16 ? Dispatch<BF16>(row, first, last, scratch) : Dispatch<F32>(row, first, last, scratch);
       done.fetch_add(1, std::memory_order_release);
     }
   }
@@ -462,8 +848,8 @@ ffi::Error CheckCode(ffi::RemainingArgs& args, size_t first, int32_t bits, bool 
   const float one = 1.0f;
   std::memcpy(&floor_bits, &floor, 4);
   std::memcpy(&one_bits, &one, 4);
-  if (!(floor > 0.0f) || key_first != (floor_bits >> 13) ||
-      static_cast<int64_t>(start.element_count()) != (one_bits >> 13) - key_first + 1)
+  if (!(floor > 0.0f) || key_first != (floor_bits >> kKeyShift) ||
+      static_cast<int64_t>(start.element_count()) != (one_bits >> kKeyShift) - key_first + 1)
     return ffi::Error::InvalidArgument("adaptx: the code's key table does not cover [floor, 1]");
   const uint8_t* s = static_cast<const uint8_t*>(start.untyped_data());
   // j = start + (a > midpoints[start]) < n_magnitudes: every start is in range, and the last
@@ -496,66 +882,116 @@ ffi::Error CheckCode(ffi::RemainingArgs& args, size_t first, int32_t bits, bool 
   return ffi::Error::Success();
 }
 
-// Operands: hyper, p, g, m codes, m scales, v codes, v scales, then m's five tables and v's five.
-// Results (aliasing operands 1, 3, 4, 5, 6): p, m codes, m scales, v codes, v scales.
-ffi::Error QuantizedStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
-                         ffi::RemainingRets rets, int64_t block_size, int32_t m_bits, int32_t v_bits,
+// Operands, after the hyperparameter vector: [p,] g, m codes, m scales, v codes, v scales, then m's
+// five tables and v's five (p only for the one-pass step). Results: the param (aliasing p) or the
+// direction, then m codes, m scales, v codes, v scales (aliasing theirs). For the direction the
+// gradient is (rows, n): each row (a shard of the leaf) is blocked on its own; the one-pass step
+// takes a whole unsharded leaf, one row.
+ffi::Error QuantizedAdam(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
+                         ffi::RemainingRets rets, bool apply, int64_t block_size, int32_t m_bits, int32_t v_bits,
                          bool m_signed, bool v_signed, int64_t m_first, int64_t v_first, float m_floor,
-                         float v_floor, int64_t parallel_min) {
+                         float v_floor, int64_t parallel_min, int32_t vector) {
+  const size_t lead = apply ? 1 : 0;  // the param's operand
   if (hyper.element_count() != kSlots) return ffi::Error::InvalidArgument("adaptx: wrong hyperparameter vector");
-  if (args.size() != 16 || rets.size() != 5)
+  if (args.size() != lead + 15 || rets.size() != 5)
     return ffi::Error::InvalidArgument("adaptx: a quantized step takes one leaf and its tables");
   if (block_size < 2 || block_size % 2) return ffi::Error::InvalidArgument("adaptx: block_size must be even");
   auto work = std::make_shared<QuantizedWork>();
   std::memcpy(work->h.h, hyper.typed_data(), sizeof(work->h.h));
-  if (auto e = CheckCode(args, 6, m_bits, m_signed, m_first, m_floor, &work->mc); e.failure()) return e;
-  if (auto e = CheckCode(args, 11, v_bits, v_signed, v_first, v_floor, &work->vc); e.failure()) return e;
-  auto p = args.get<ffi::AnyBuffer>(0).value();
-  auto g = args.get<ffi::AnyBuffer>(1).value();
-  auto p_out = rets.get<ffi::AnyBuffer>(0).value();
-  const auto type = p.element_type();
+  if (auto e = CheckCode(args, lead + 5, m_bits, m_signed, m_first, m_floor, &work->mc); e.failure()) return e;
+  if (auto e = CheckCode(args, lead + 10, v_bits, v_signed, v_first, v_floor, &work->vc); e.failure()) return e;
+  for (auto [code, ranks, at] : {std::tuple{&work->mc, &work->mk, lead + 7}, std::tuple{&work->vc, &work->vk, lead + 12}}) {
+    auto midpoints = args.get<ffi::AnyBuffer>(at).value();
+    BuildRanks(*code, static_cast<const float*>(midpoints.untyped_data()),
+               static_cast<int64_t>(midpoints.element_count()), ranks);
+  }
+  // vector: 0 the portable loops, 1 the AVX-512 ones where the CPU has them and the proof holds,
+  // 2 the AVX-512 ones or an error (the tests' way to know which loops ran).
+  work->avx512 = vector != 0 && HasAvx512() && work->mk.usable && work->vk.usable;
+  if (vector == 2 && !work->avx512)
+    return ffi::Error::InvalidArgument(HasAvx512() ? "adaptx: the code's ranks are not proven for the AVX-512 loops"
+                                                   : "adaptx: this CPU lacks AVX-512");
+  auto g = args.get<ffi::AnyBuffer>(lead).value();
+  auto out = rets.get<ffi::AnyBuffer>(0).value();
+  const auto type = g.element_type();
   if (type != ffi::DataType::F32 && type != ffi::DataType::BF16)
-    return ffi::Error::InvalidArgument("adaptx: params must be float32 or bfloat16");
-  if (g.element_type() != type || p_out->element_type() != type)
-    return ffi::Error::InvalidArgument("adaptx: gradients and results must have the params' dtype");
-  const int64_t n = static_cast<int64_t>(p.element_count());
-  if (static_cast<int64_t>(g.element_count()) != n || static_cast<int64_t>(p_out->element_count()) != n)
-    return ffi::Error::InvalidArgument("adaptx: gradients and results must have the params' size");
-  const int64_t blocks = (n + block_size - 1) / block_size;
-  QuantizedMoment* moments[2] = {&work->leaf.m, &work->leaf.v};
+    return ffi::Error::InvalidArgument("adaptx: gradients must be float32 or bfloat16");
+  const int64_t total = static_cast<int64_t>(g.element_count());
+  if (out->element_type() != type || static_cast<int64_t>(out->element_count()) != total)
+    return ffi::Error::InvalidArgument("adaptx: the result must have the gradient's dtype and size");
+  const void* p_in = nullptr;
+  if (apply) {
+    auto p = args.get<ffi::AnyBuffer>(0).value();
+    if (p.element_type() != type || static_cast<int64_t>(p.element_count()) != total)
+      return ffi::Error::InvalidArgument("adaptx: gradients must have the params' dtype and size");
+    p_in = p.untyped_data();
+  }
+  const auto dims = g.dimensions();
+  if (!apply && dims.size() < 1) return ffi::Error::InvalidArgument("adaptx: the gradient must be (rows, n)");
+  const int64_t n = apply ? total : dims.back();
+  const int64_t rows = n > 0 ? total / n : 0;
+  const int64_t blocks = (n + block_size - 1) / block_size;  // per row
   const int32_t bits[2] = {m_bits, v_bits};
+  QuantizedMoment moments[2];
   for (int k = 0; k < 2; ++k) {
-    auto codes = args.get<ffi::AnyBuffer>(2 + 2 * k).value();
-    auto scales = args.get<ffi::AnyBuffer>(3 + 2 * k).value();
+    auto codes = args.get<ffi::AnyBuffer>(lead + 1 + 2 * k).value();
+    auto scales = args.get<ffi::AnyBuffer>(lead + 2 + 2 * k).value();
     auto codes_out = rets.get<ffi::AnyBuffer>(1 + 2 * k).value();
     auto scales_out = rets.get<ffi::AnyBuffer>(2 + 2 * k).value();
     if (codes.element_type() != ffi::DataType::U8 || codes_out->element_type() != ffi::DataType::U8 ||
         scales.element_type() != ffi::DataType::F32 || scales_out->element_type() != ffi::DataType::F32)
       return ffi::Error::InvalidArgument("adaptx: quantized moments are uint8 codes and float32 scales");
-    const int64_t code_bytes = blocks * block_size * bits[k] / 8;
+    const int64_t code_bytes = rows * blocks * block_size * bits[k] / 8;
     if (static_cast<int64_t>(codes.element_count()) != code_bytes ||
         static_cast<int64_t>(codes_out->element_count()) != code_bytes ||
-        static_cast<int64_t>(scales.element_count()) != blocks ||
-        static_cast<int64_t>(scales_out->element_count()) != blocks)
+        static_cast<int64_t>(scales.element_count()) != rows * blocks ||
+        static_cast<int64_t>(scales_out->element_count()) != rows * blocks)
       return ffi::Error::InvalidArgument("adaptx: a quantized moment does not hold its leaf's blocks");
-    *moments[k] = QuantizedMoment{static_cast<const uint8_t*>(codes.untyped_data()),
-                                  static_cast<uint8_t*>(codes_out->untyped_data()),
-                                  static_cast<const float*>(scales.untyped_data()),
-                                  static_cast<float*>(scales_out->untyped_data())};
+    moments[k] = QuantizedMoment{static_cast<const uint8_t*>(codes.untyped_data()),
+                                 static_cast<uint8_t*>(codes_out->untyped_data()),
+                                 static_cast<const float*>(scales.untyped_data()),
+                                 static_cast<float*>(scales_out->untyped_data())};
   }
-  work->leaf.p = p_out->untyped_data();
-  work->leaf.g = g.untyped_data();
-  work->leaf.p_in = p.untyped_data();
-  work->leaf.n = n;
-  work->leaf.bf16 = type == ffi::DataType::BF16;
+  work->bf16 = type == ffi::DataType::BF16;
+  work->apply = apply;
   work->block_size = block_size;
-  work->blocks_per_chunk = std::max<int64_t>(1, kChunk / block_size);
-  work->chunks = (blocks + work->blocks_per_chunk - 1) / work->blocks_per_chunk;
-  const int64_t helpers = n < parallel_min ? 0 : std::min<int64_t>(pool.num_threads(), work->chunks - 1);
+  const size_t width = work->bf16 ? sizeof(uint16_t) : sizeof(float);
+  auto at = [](auto* base, int64_t offset) { return base == nullptr ? base : base + offset; };
+  const int64_t blocks_per_chunk = std::max<int64_t>(1, kChunk / block_size);
+  for (int64_t r = 0; r < rows; ++r) {
+    QuantizedMoment m = moments[0], v = moments[1];
+    const int64_t m_bytes = blocks * block_size * m_bits / 8, v_bytes = blocks * block_size * v_bits / 8;
+    m = {at(m.codes_in, r * m_bytes), at(m.codes, r * m_bytes), at(m.scales_in, r * blocks), at(m.scales, r * blocks)};
+    v = {at(v.codes_in, r * v_bytes), at(v.codes, r * v_bytes), at(v.scales_in, r * blocks), at(v.scales, r * blocks)};
+    const int64_t offset = r * n * static_cast<int64_t>(width);
+    work->rows.push_back({static_cast<char*>(out->untyped_data()) + offset,
+                          static_cast<const char*>(g.untyped_data()) + offset,
+                          apply ? static_cast<const char*>(p_in) + offset : nullptr, m, v, n});
+    for (int64_t b = 0; b < blocks; b += blocks_per_chunk)
+      work->chunks.push_back({static_cast<int32_t>(r), b, std::min(blocks, b + blocks_per_chunk)});
+  }
+  const int64_t helpers = total < parallel_min ? 0
+      : std::min<int64_t>(pool.num_threads(), static_cast<int64_t>(work->chunks.size()) - 1);
   for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work->Drain(); });
   work->Drain();
-  while (work->done.load(std::memory_order_acquire) < work->chunks) std::this_thread::yield();
+  while (work->done.load(std::memory_order_acquire) < work->chunks.size()) std::this_thread::yield();
   return ffi::Error::Success();
+}
+
+ffi::Error QuantizedStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
+                         ffi::RemainingRets rets, int64_t block_size, int32_t m_bits, int32_t v_bits,
+                         bool m_signed, bool v_signed, int64_t m_first, int64_t v_first, float m_floor,
+                         float v_floor, int64_t parallel_min, int32_t vector) {
+  return QuantizedAdam(pool, hyper, args, rets, true, block_size, m_bits, v_bits, m_signed, v_signed, m_first,
+                       v_first, m_floor, v_floor, parallel_min, vector);
+}
+
+ffi::Error QuantizedDirection(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
+                              ffi::RemainingRets rets, int64_t block_size, int32_t m_bits, int32_t v_bits,
+                              bool m_signed, bool v_signed, int64_t m_first, int64_t v_first, float m_floor,
+                              float v_floor, int64_t parallel_min, int32_t vector) {
+  return QuantizedAdam(pool, hyper, args, rets, false, block_size, m_bits, v_bits, m_signed, v_signed, m_first,
+                       v_first, m_floor, v_floor, parallel_min, vector);
 }
 
 }  // namespace
@@ -586,4 +1022,23 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdaptxQuantizedStep, QuantizedStep,
                                   .Attr<int64_t>("v_first")
                                   .Attr<float>("m_floor")
                                   .Attr<float>("v_floor")
-                                  .Attr<int64_t>("parallel_min"));
+                                  .Attr<int64_t>("parallel_min")
+                                  .Attr<int32_t>("vector"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdaptxQuantizedDirection, QuantizedDirection,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<int64_t>("block_size")
+                                  .Attr<int32_t>("m_bits")
+                                  .Attr<int32_t>("v_bits")
+                                  .Attr<bool>("m_signed")
+                                  .Attr<bool>("v_signed")
+                                  .Attr<int64_t>("m_first")
+                                  .Attr<int64_t>("v_first")
+                                  .Attr<float>("m_floor")
+                                  .Attr<float>("v_floor")
+                                  .Attr<int64_t>("parallel_min")
+                                  .Attr<int32_t>("vector"));
