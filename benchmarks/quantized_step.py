@@ -4,10 +4,15 @@
 
 One float32 leaf of 2**24 elements (issue 12's size), donated, jitted. Two ways to step:
 
-- plain: ``tx.update`` then ``optax.apply_updates`` (what flax/equinox users run); quantized
-  moments are dequantized, updated and requantized by XLA, in several passes;
+- plain: ``tx.update`` then ``optax.apply_updates`` (what flax/equinox users run). With quantized
+  moments ``scale_by_adam`` runs one kernel call per leaf on CPU (dequantize, step, requantize
+  per block, writing the direction), then XLA scales it and adds it to the param;
 - one-pass: ``adaptx.update_and_apply``, which runs the CPU kernel (for quantized moments:
-  dequantize, step and requantize per block, in one pass over the leaf).
+  dequantize, step and requantize per block, in one pass over the leaf, the param in place).
+
+Two reference rows show what the plain path pays that the one-pass path does not: XLA's CPU
+runtime maps a fresh, zero-filled buffer for every temporary each step (the direction, 64 MB
+here), against the same arithmetic written in place.
 
 Contenders take turns (benchmarks/timing.interleaved), so a burst of load from other
 processes lands on all of them; the medians' ratios to float32 Adam on the plain path are
@@ -62,16 +67,35 @@ def runner(tx, one_pass, params, grads):
     return run
 
 
+REFERENCES = {"reference: y = 2·x into a fresh buffer": False, "reference: x ← 2·x in place (donated)": True}
+
+
+def reference(in_place, x):
+    """y = 2·x over the leaf: into a buffer XLA allocates for the call, or into x's own (donated)."""
+    jitted = jax.jit(lambda x: x * 2.0, donate_argnums=(0,) if in_place else ())
+    box = [x + 0]
+
+    def run():
+        out = jax.block_until_ready(jitted(box[0]))
+        if in_place:
+            box[0] = out
+
+    return run
+
+
 def measure(n, reps):
+    """{contender: its median and ratios}, and the reference rows' medians, from one interleaved run."""
     rng = np.random.default_rng(0)
     params = jnp.asarray(rng.standard_normal(n, np.float32))
     grads = jnp.asarray(rng.standard_normal(n, np.float32))
     rows = contenders()
-    times = interleaved({name: runner(tx, fused, params, grads) for name, (tx, fused) in rows.items()}, reps)
-    medians = {name: median_ms(t) for name, t in times.items()}
-    return {name: {"ms": ms, "vs_float32_plain": ms / medians[BASE],
-                   "vs_float32_one_pass": ms / medians["adaptx adam float32, one-pass"]}
-            for name, ms in medians.items()}
+    runs = {name: runner(tx, fused, params, grads) for name, (tx, fused) in rows.items()}
+    runs.update({name: reference(in_place, params) for name, in_place in REFERENCES.items()})
+    medians = {name: median_ms(t) for name, t in interleaved(runs, reps).items()}
+    result = {name: {"ms": medians[name], "vs_float32_plain": medians[name] / medians[BASE],
+                     "vs_float32_one_pass": medians[name] / medians["adaptx adam float32, one-pass"]}
+              for name in rows}
+    return result, {name: medians[name] for name in REFERENCES}
 
 
 def render(result, meta) -> str:
@@ -86,6 +110,9 @@ def render(result, meta) -> str:
     ]
     for name, row in result.items():
         lines.append(f"| {name} | {row['ms']:.1f} | {row['vs_float32_plain']:.2f}× | {row['vs_float32_one_pass']:.2f}× |")
+    lines += ["", "The cost of a fresh buffer per step (what the plain path's direction pays):", "",
+              "| reference | ms |", "|---|---|"]
+    lines += [f"| {name} | {ms:.1f} |" for name, ms in meta["references"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -104,7 +131,7 @@ def main(argv=None):
                 machine=machine(), load_start=load(), n=n, reps=reps,
                 versions=f"jax {jax.__version__}, optax {optax.__version__}"
                          f" (one-pass kernel {'built' if kernels.available() else 'unavailable'})")
-    result = measure(n, reps)
+    result, meta["references"] = measure(n, reps)
     meta["load_end"] = load()
     text = render(result, meta)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -240,7 +240,7 @@ def tables(bits: int, signed: bool):
     """Lookup tables for the nearest code value of a magnitude a ∈ [0, 1], without a search.
 
     ``start[key(a) − key₀]`` is the number of magnitude midpoints below the lower edge of a's
-    cell (a float32 cell: its exponent and top 10 mantissa bits); each cell holds at most one
+    cell (a float32 cell: its exponent and top 7 mantissa bits); each cell holds at most one
     midpoint, so j = start + (a > midpoint[start]) is the nearest magnitude. Magnitudes below
     the first cell (key₀, under half the smallest nonzero magnitude) all round to j = 0.
     ``index_of[sign][j]`` is then the code's index of ±magnitude[j] (for a signed code without
