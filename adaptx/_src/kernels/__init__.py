@@ -239,7 +239,7 @@ def quantized_adam_direction(hyper: dict, grad, mu, nu):
     def call(*operands):  # on the whole leaf, or on one device's shards of it
         results = [jax.ShapeDtypeStruct(operands[i].shape, operands[i].dtype) for i in (1, *aliased)]
         ffi = jax.ffi.ffi_call(DIRECTION_TARGET, results, vmap_method="sequential",
-                               input_output_aliases={1: 0, **{i: k + 1 for k, i in enumerate(aliased)}})
+                               input_output_aliases={i: k + 1 for k, i in enumerate(aliased)})
         return tuple(ffi(*operands, **attrs))
 
     if jax.device_count() > 1:
