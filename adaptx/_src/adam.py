@@ -69,6 +69,57 @@ def _is_zero(value) -> bool:
     return isinstance(value, (int, float)) and value == 0
 
 
+def _adam_step(with_eps_root, amsgrad, scalars, g, mu, nu, *maxima):
+    """Adam's jnp step over lists of leaves: (direction, new mu, new nu (, new v_max)).
+
+    ``scalars`` = (β₁, β₂, ε, ε_root, 1 − β₁ᵗ, 1 − β₂ᵗ); quantized moments are dequantized on the
+    way in and requantized on the way out.
+    """
+    b1, b2, eps, eps_root, bias1, bias2 = scalars
+
+    def moments(mu, nu, g, nu_max=None):
+        mu = nx.ema(mu, g, b1)
+        nu = nx.ema(nu, nx.abs_sq(g, nu), b2)
+        second = nu if nu_max is None else jnp.maximum(nu_max, nu)
+        nu_hat = second / nx.cast(bias2, second)
+        if with_eps_root:
+            nu_hat = nu_hat + nx.cast(eps_root, nu_hat)
+        return mu, nu, second, nu_hat
+
+    old = (mu, nu, *maxima)
+    mu, nu, *maxima = nx.load(old)
+    mu, nu, nu_max, nu_hat = nx.unzip(jax.tree.map(moments, mu, nu, g, *maxima), g, 4)
+    out = jax.tree.map(lambda m, root, g: ((m / nx.cast(bias1, root)) / (root + nx.cast(eps, root))).astype(g.dtype),
+                       mu, nx.safe_sqrt(nu_hat), g)
+    return (out, *nx.store((mu, nu, *((nu_max,) if amsgrad else ())), old))
+
+
+def _jnp_leaf(with_eps_root, scalars, g, mu, nu):
+    return tuple(leaf for (leaf,) in _adam_step(with_eps_root, False, scalars, [g], [mu], [nu]))
+
+
+def _kernel_leaf(with_eps_root, scalars, g, mu, nu):
+    (beta1, comp1), (beta2, comp2), eps, eps_root, bias1, bias2 = scalars
+    hyper = dict(b1=beta1, b1c=comp1, b2=beta2, b2c=comp2, eps=eps, eps_root=eps_root if with_eps_root else 0.0,
+                 inv_bc1=1 / bias1.astype(jnp.float32), inv_bc2=1 / bias2.astype(jnp.float32))
+    return kernels.quantized_adam_direction(hyper, g, mu, nu)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _quantized_leaf(with_eps_root, scalars, g, mu, nu):
+    """One leaf whose moments are both quantized: the kernel's one pass on CPU, the jnp step elsewhere."""
+    return jax.lax.platform_dependent(scalars, g, mu, nu, cpu=functools.partial(_kernel_leaf, with_eps_root),
+                                      default=functools.partial(_jnp_leaf, with_eps_root))
+
+
+@_quantized_leaf.defjvp
+def _quantized_leaf_jvp(with_eps_root, primals, tangents):
+    # The kernel has no derivative; the jnp step computes the same function, so its derivative
+    # serves (hypergradients, or differentiating through the gradient).
+    _, tangent = jax.jvp(functools.partial(_jnp_leaf, with_eps_root), primals, tangents)
+    return _quantized_leaf(with_eps_root, *primals), tangent
+
+
 def scale_by_adam(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -106,31 +157,9 @@ def scale_by_adam(
         step, own = nx.this_step(count, state)
         bias1, bias2 = nx.bias_correction(b1, step), nx.bias_correction(b2, step)
 
-        def moments(mu, nu, g, nu_max=None):
-            mu = nx.ema(mu, g, b1)
-            nu = nx.ema(nu, nx.abs_sq(g, nu), b2)
-            second = nu if nu_max is None else jnp.maximum(nu_max, nu)
-            nu_hat = second / nx.cast(bias2, second)
-            if not _is_zero(eps_root):
-                nu_hat = nu_hat + nx.cast(eps_root, nu_hat)
-            return mu, nu, second, nu_hat
-
-        def plain(g, mu, nu, *maxima):  # lists of leaves; quantized moments dequantized in, requantized out
-            old = (mu, nu, *maxima)
-            mu, nu, *maxima = nx.load(old)
-            mu, nu, nu_max, nu_hat = nx.unzip(jax.tree.map(moments, mu, nu, g, *maxima), g, 4)
-            out = jax.tree.map(
-                lambda m, root, g: ((m / nx.cast(bias1, root)) / (root + nx.cast(eps, root))).astype(g.dtype),
-                mu, nx.safe_sqrt(nu_hat), g)
-            return (out, *nx.store((mu, nu, *((nu_max,) if amsgrad else ())), old))
-
-        def native(g, mu, nu):  # one leaf whose moments are quantized: one pass on CPU, the jnp step elsewhere
-            (beta1, comp1), (beta2, comp2) = nx.split_rate(b1), nx.split_rate(b2)
-            hyper = dict(b1=beta1, b1c=comp1, b2=beta2, b2c=comp2, eps=eps, eps_root=eps_root,
-                         inv_bc1=1 / bias1.astype(jnp.float32), inv_bc2=1 / bias2.astype(jnp.float32))
-            return jax.lax.platform_dependent(
-                g, mu, nu, cpu=functools.partial(kernels.quantized_adam_direction, hyper),
-                default=lambda g, mu, nu: tuple(leaf for (leaf,) in plain([g], [mu], [nu])))
+        scalars = (b1, b2, eps, eps_root, bias1, bias2)
+        with_eps_root = not _is_zero(eps_root)
+        plain = functools.partial(_adam_step, with_eps_root, amsgrad, scalars)
 
         leaves, treedef = jax.tree.flatten(updates)
         trees = [treedef.flatten_up_to(t) for t in (state.mu, state.nu, *((state.nu_max,) if amsgrad else ()))]
@@ -141,8 +170,11 @@ def scale_by_adam(
         for tree, values in zip(new, plain([leaves[i] for i in rest], *([t[i] for i in rest] for t in trees))):
             for i, value in zip(rest, values):
                 tree[i] = value
+        # (β, 1 − β) split here: inside _quantized_leaf a Python β is already an array, whose
+        # complement would round in float32 rather than come from double
+        rates = (nx.split_rate(b1), nx.split_rate(b2), *scalars[2:])
         for i in sorted(fast):
-            new[0][i], new[1][i], new[2][i] = native(leaves[i], trees[0][i], trees[1][i])
+            new[0][i], new[1][i], new[2][i] = _quantized_leaf(with_eps_root, rates, leaves[i], trees[0][i], trees[1][i])
         out, *fields = (treedef.unflatten(values) for values in new)
         return out, nx.block_state(*states, own, *fields)
 

@@ -232,3 +232,32 @@ def test_native_checks_refuse_a_moment_that_does_not_hold_the_leaf():
     bad_scales = qz.QuantizedArray(nu.codes, nu.scales[:-2], nu.shape, 8, 256, False)
     with pytest.raises(Exception, match="does not hold its leaf's blocks"):
         jax.block_until_ready(kernels.quantized_adam_direction(HYPER, grads, mu, bad_scales))
+
+
+def test_the_native_step_differentiates_as_the_jnp_step(jnp_path):
+    """Hypergradients through quantized Adam: the kernel has no derivative of its own, so the
+    native step's is the jnp step's (and its value the kernel's). One step from a common state,
+    so that both start from the same codes; each term of the sum agrees to float32's bound."""
+    rng = np.random.default_rng(11)
+    params = jnp.asarray(rng.standard_normal(5000), jnp.float32)
+    q = adaptx.Quantized(8)
+    tx = adaptx.adam(1e-2, mu_dtype=q, nu_dtype=q)  # its β₁, β₂ are traced state, set below
+    state = tx.init(params)
+    for _ in range(2):
+        state = tx.update(wide(rng, (5000,)), state, params)[1]
+    grads = jnp.asarray(rng.standard_normal(5000), jnp.float32)
+
+    def objective(b1, b2, scale):
+        u, _ = tx.update(grads * scale, adaptx.set_hyperparams(state, b1=b1, b2=b2), params)
+        terms = u * params
+        return jnp.sum(terms), jnp.sum(jnp.abs(terms))
+
+    differentiate = jax.jit(jax.value_and_grad(objective, argnums=(0, 1, 2), has_aux=True))
+    assert kernels.DIRECTION_TARGET in differentiate.lower(0.9, 0.999, 1.0).as_text()
+    (value, size), grads_got = differentiate(0.9, 0.999, 1.0)
+    jnp_path()
+    (want, _), grads_want = jax.jit(jax.value_and_grad(objective, argnums=(0, 1, 2), has_aux=True))(0.9, 0.999, 1.0)
+    bound = leaf_bound(jnp.float32, 1, *step_cost("adam"), implementations=2)
+    assert abs(value - want) <= bound * size
+    for got, expected in zip(grads_got, grads_want):
+        assert abs(got - expected) <= bound * max(abs(float(expected)), size), (got, expected)
