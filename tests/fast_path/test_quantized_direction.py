@@ -162,6 +162,31 @@ def test_avx512_and_portable_loops_agree_bit_for_bit(bits, dtype, monkeypatch):
             np.testing.assert_array_equal(np.asarray(a).astype(np.float64), np.asarray(b).astype(np.float64), err_msg=path)
 
 
+@pytest.mark.parametrize("block_size", [2, 34])
+def test_block_sizes_off_the_vector_width_agree_bit_for_bit(block_size, monkeypatch):
+    """Blocks of 2 and 34 elements: the AVX-512 loops' masked tails give the portable loops' numbers."""
+    rng = np.random.default_rng(block_size)
+    params = {"w": jnp.asarray(rng.standard_normal(1003), jnp.float32)}
+    grads = [{"w": wide(rng, (1003,))} for _ in range(3)]
+    for bits in (8, 4):
+        q = adaptx.Quantized(bits, block_size=block_size, min_size=16)
+        tx = adaptx.adam(1e-2, mu_dtype=q, nu_dtype=q)
+        runs = []
+        for vector in (2, 0):
+            monkeypatch.setattr(kernels, "VECTOR", vector)
+            step, p, s = plain_step(tx), params, tx.init(params)
+            try:
+                for g in grads:
+                    p, s = step(g, s, p)
+            except Exception as error:
+                if "lacks AVX-512" in str(error):
+                    pytest.skip("this CPU lacks AVX-512")
+                raise
+            runs.append((p, s))
+        for a, b in zip(jax.tree.leaves(runs[0]), jax.tree.leaves(runs[1])):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_a_nan_gradient_makes_its_block_nan_and_leaves_the_others(jnp_path):
     """A NaN gradient element makes its block's moments NaN (its absmax is NaN), as float32 Adam's
     moment is NaN there: never a silent finite code. (XLA's CPU max may skip the NaN, so the jnp
