@@ -61,6 +61,7 @@ PARALLEL_MIN = 1 << 16
 # ones); 0, the portable ones; 2, the AVX-512 ones or an error. The tests set 0 and 2 to check that
 # both give the same numbers.
 VECTOR = 1
+ALIAS = True
 
 NOT_BUILT = ("the one-pass kernel was not built when adaptx was installed (no C++ compiler?): "
              "reinstall adaptx with a C++ compiler to enable it; the plain path is used")
@@ -231,7 +232,7 @@ def quantized_adam_direction(hyper: dict, grad, mu, nu):
     the moments are (each shard of a sharded leaf a row, blocked on its own), and over several
     devices each device steps its own shards: the call never moves a block between devices.
     """
-    rows = quantize.shard_rows(grad, mu.grid)
+    rows = quantize.shard_rows(grad, mu.grid) if mu.grid else grad  # an unsharded leaf is one row as it is
     tables, attrs = _code_operands(mu, nu)
     operands = [_hyper_vector(hyper), rows, mu.codes, mu.scales, nu.codes, nu.scales, *tables]
     aliased = (2, 3, 4, 5)
@@ -239,13 +240,13 @@ def quantized_adam_direction(hyper: dict, grad, mu, nu):
     def call(*operands):  # on the whole leaf, or on one device's shards of it
         results = [jax.ShapeDtypeStruct(operands[i].shape, operands[i].dtype) for i in (1, *aliased)]
         ffi = jax.ffi.ffi_call(DIRECTION_TARGET, results, vmap_method="sequential",
-                               input_output_aliases={i: k + 1 for k, i in enumerate(aliased)})
-        return tuple(ffi(*operands, **attrs))
+                               input_output_aliases={**({1: 0} if ALIAS else {}), **{i: k + 1 for k, i in enumerate(aliased)}})
+        return tuple(ffi(*operands, **attrs, rows=np.int64(np.prod(operands[3].shape[:-1], dtype=np.int64))))
 
     if jax.device_count() > 1:
         call = _per_shard(call, operands, len(mu.grid))
     u, m_codes, m_scales, v_codes, v_scales = call(*operands)
-    return (quantize.from_shard_rows(u, mu.shape, mu.grid), _rebuilt(mu, m_codes, m_scales),
+    return (quantize.from_shard_rows(u, mu.shape, mu.grid) if mu.grid else u, _rebuilt(mu, m_codes, m_scales),
             _rebuilt(nu, v_codes, v_scales))
 
 

@@ -618,7 +618,7 @@ void BuildRanks(const Code& code, const float* midpoints, int64_t n_magnitudes, 
 }
 
 // table[index] for 16 indices in [0, 256): eight two-register permutes, then three blends.
-ADAPTX_AVX512 inline __m512 Lookup256(const float* table, __m512i index) {
+ADAPTX_AVX512 __attribute__((always_inline)) inline __m512 Lookup256(const float* table, __m512i index) {
   __m512 part[8];
   for (int i = 0; i < 8; ++i)
     part[i] = _mm512_permutex2var_ps(_mm512_load_ps(table + 32 * i), index, _mm512_load_ps(table + 32 * i + 16));
@@ -672,11 +672,11 @@ ADAPTX_AVX512 void Nearest512(const Ranks& k, const float* __restrict x, int64_t
   const __m512i first_exponent = _mm512_set1_epi32(k.first_exponent);
   const __m512i run_at[2] = {_mm512_load_si512(k.run_at), _mm512_load_si512(k.run_at + 16)};
   const __m512 split_at[2] = {_mm512_load_ps(k.split_at), _mm512_load_ps(k.split_at + 16)};
-  for (int64_t j = 0; j < count; j += 16) {
-    const __mmask16 m = Lanes(count - j);
-    const __m512 normal = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + j), inverse);
-    const __mmask16 nan = _mm512_cmp_ps_mask(normal, normal, _CMP_UNORD_Q);
-    const __m512 a = _mm512_min_ps(_mm512_max_ps(_mm512_abs_ps(normal), floor), one);
+  // Two vectors an iteration: their dependency chains overlap, and one branch serves both.
+  auto approximate = [&](int64_t j, __mmask16 m, __m512& a, __m512& normal, __mmask16& nan, __mmask16& doubtful) ADAPTX_AVX512 {
+    normal = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + j), inverse);
+    nan = _mm512_cmp_ps_mask(normal, normal, _CMP_UNORD_Q);
+    a = _mm512_min_ps(_mm512_max_ps(_mm512_abs_ps(normal), floor), one);
     const __m512i binade = _mm512_sub_epi32(_mm512_srli_epi32(_mm512_castps_si512(a), 23), first_exponent);
     __m512i g = _mm512_permutex2var_epi32(run_at[0], binade, run_at[1]);
     const __mmask16 split = _mm512_cmp_ps_mask(a, _mm512_permutex2var_ps(split_at[0], binade, split_at[1]), _CMP_GT_OQ);
@@ -684,16 +684,17 @@ ADAPTX_AVX512 void Nearest512(const Ranks& k, const float* __restrict x, int64_t
     const __m512 scaled = _mm512_mul_ps(_mm512_sub_ps(a, _mm512_permutexvar_ps(g, lo)), _mm512_permutexvar_ps(g, inv));
     const __m512i cell = _mm512_cvttps_epi32(scaled);
     const __m512i c = _mm512_min_epi32(_mm512_max_epi32(cell, _mm512_setzero_si512()), _mm512_permutexvar_epi32(g, last));
-    __m512i r = _mm512_add_epi32(_mm512_permutexvar_epi32(g, base), c);
     const __m512 fraction = _mm512_sub_ps(scaled, _mm512_cvtepi32_ps(cell));
-    const __mmask16 doubtful = _mm512_cmp_ps_mask(fraction, doubt, _CMP_LT_OQ) |
-                               _mm512_cmp_ps_mask(fraction, sure, _CMP_GT_OQ);
-    if (doubtful & m) {  // near a cell's edge: the midpoints around r decide
-      const __mmask16 up = _mm512_cmp_ps_mask(Lookup<kBits>(k.above, r), a, _CMP_LT_OQ);
-      const __mmask16 down = _mm512_cmp_ps_mask(Lookup<kBits>(k.below, r), a, _CMP_GE_OQ);
-      const __m512i raised = _mm512_mask_add_epi32(r, up, r, ones);
-      r = _mm512_mask_sub_epi32(raised, down, raised, ones);
-    }
+    doubtful = (_mm512_cmp_ps_mask(fraction, doubt, _CMP_LT_OQ) | _mm512_cmp_ps_mask(fraction, sure, _CMP_GT_OQ)) & m;
+    return _mm512_add_epi32(_mm512_permutexvar_epi32(g, base), c);
+  };
+  auto correct = [&](__m512i r, __m512 a) ADAPTX_AVX512 {  // near a cell's edge: the midpoints around r decide
+    const __mmask16 up = _mm512_cmp_ps_mask(Lookup<kBits>(k.above, r), a, _CMP_LT_OQ);
+    const __mmask16 down = _mm512_cmp_ps_mask(Lookup<kBits>(k.below, r), a, _CMP_GE_OQ);
+    const __m512i raised = _mm512_mask_add_epi32(r, up, r, ones);
+    return _mm512_mask_sub_epi32(raised, down, raised, ones);
+  };
+  auto finish = [&](int64_t j, __mmask16 m, __m512i r, __m512 normal, __mmask16 nan) ADAPTX_AVX512 {
     r = _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(k.nan_rank));
     __m512i out = _mm512_add_epi32(zero, r);
     if (k.is_signed) {
@@ -701,6 +702,19 @@ ADAPTX_AVX512 void Nearest512(const Ranks& k, const float* __restrict x, int64_t
       out = _mm512_mask_mov_epi32(out, negative, _mm512_max_epi32(_mm512_sub_epi32(zero, r), _mm512_setzero_si512()));
     }
     _mm512_mask_storeu_epi32(index + j, m, out);
+  };
+  for (int64_t j = 0; j < count; j += 32) {
+    const __mmask16 m0 = Lanes(count - j), m1 = j + 16 < count ? Lanes(count - j - 16) : 0;
+    __m512 a0, a1, n0, n1;
+    __mmask16 nan0, nan1, doubt0, doubt1;
+    __m512i r0 = approximate(j, m0, a0, n0, nan0, doubt0);
+    __m512i r1 = approximate(j + 16, m1, a1, n1, nan1, doubt1);
+    if (doubt0 | doubt1) {
+      r0 = correct(r0, a0);
+      r1 = correct(r1, a1);
+    }
+    finish(j, m0, r0, n0, nan0);
+    if (m1) finish(j + 16, m1, r1, n1, nan1);
   }
 }
 
@@ -890,7 +904,7 @@ ffi::Error CheckCode(ffi::RemainingArgs& args, size_t first, int32_t bits, bool 
 ffi::Error QuantizedAdam(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
                          ffi::RemainingRets rets, bool apply, int64_t block_size, int32_t m_bits, int32_t v_bits,
                          bool m_signed, bool v_signed, int64_t m_first, int64_t v_first, float m_floor,
-                         float v_floor, int64_t parallel_min, int32_t vector) {
+                         float v_floor, int64_t parallel_min, int32_t vector, int64_t rows) {
   const size_t lead = apply ? 1 : 0;  // the param's operand
   if (hyper.element_count() != kSlots) return ffi::Error::InvalidArgument("adaptx: wrong hyperparameter vector");
   if (args.size() != lead + 15 || rets.size() != 5)
@@ -926,10 +940,8 @@ ffi::Error QuantizedAdam(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi:
       return ffi::Error::InvalidArgument("adaptx: gradients must have the params' dtype and size");
     p_in = p.untyped_data();
   }
-  const auto dims = g.dimensions();
-  if (!apply && dims.size() < 1) return ffi::Error::InvalidArgument("adaptx: the gradient must be (rows, n)");
-  const int64_t n = apply ? total : dims.back();
-  const int64_t rows = n > 0 ? total / n : 0;
+  if (rows < 1 || total % rows) return ffi::Error::InvalidArgument("adaptx: the gradient does not split into its rows");
+  const int64_t n = total / rows;
   const int64_t blocks = (n + block_size - 1) / block_size;  // per row
   const int32_t bits[2] = {m_bits, v_bits};
   QuantizedMoment moments[2];
@@ -983,15 +995,15 @@ ffi::Error QuantizedStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi:
                          bool m_signed, bool v_signed, int64_t m_first, int64_t v_first, float m_floor,
                          float v_floor, int64_t parallel_min, int32_t vector) {
   return QuantizedAdam(pool, hyper, args, rets, true, block_size, m_bits, v_bits, m_signed, v_signed, m_first,
-                       v_first, m_floor, v_floor, parallel_min, vector);
+                       v_first, m_floor, v_floor, parallel_min, vector, 1);
 }
 
 ffi::Error QuantizedDirection(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
                               ffi::RemainingRets rets, int64_t block_size, int32_t m_bits, int32_t v_bits,
                               bool m_signed, bool v_signed, int64_t m_first, int64_t v_first, float m_floor,
-                              float v_floor, int64_t parallel_min, int32_t vector) {
+                              float v_floor, int64_t parallel_min, int32_t vector, int64_t rows) {
   return QuantizedAdam(pool, hyper, args, rets, false, block_size, m_bits, v_bits, m_signed, v_signed, m_first,
-                       v_first, m_floor, v_floor, parallel_min, vector);
+                       v_first, m_floor, v_floor, parallel_min, vector, rows);
 }
 
 }  // namespace
@@ -1041,4 +1053,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdaptxQuantizedDirection, QuantizedDirection,
                                   .Attr<float>("m_floor")
                                   .Attr<float>("v_floor")
                                   .Attr<int64_t>("parallel_min")
-                                  .Attr<int32_t>("vector"));
+                                  .Attr<int32_t>("vector")
+                                  .Attr<int64_t>("rows"));
