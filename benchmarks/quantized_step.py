@@ -10,9 +10,11 @@ One float32 leaf of 2**24 elements (issue 12's size), donated, jitted. Two ways 
 - one-pass: ``adaptx.update_and_apply``, which runs the CPU kernel (for quantized moments:
   dequantize, step and requantize per block, in one pass over the leaf, the param in place).
 
-Two reference rows show what the plain path pays that the one-pass path does not: XLA's CPU
-runtime maps a fresh, zero-filled buffer for every temporary each step (the direction, 64 MB
-here), against the same arithmetic written in place.
+Two reference rows show what the plain path pays here that the one-pass path does not: the
+gradient is the step's argument, so the direction (64 MB) needs a buffer of its own, which XLA's
+CPU runtime maps fresh and zero-filled every step. A second table times a training step, where
+the gradient comes from backprop and the direction is written over it, as the optimizer's share
+of the step (step less loss-and-gradient).
 
 Contenders take turns (benchmarks/timing.interleaved), so a burst of load from other
 processes lands on all of them; the medians' ratios to float32 Adam on the plain path are
@@ -83,6 +85,53 @@ def reference(in_place, x):
     return run
 
 
+def train_runner(tx, weights, batch):
+    """A flax-style training step of a linear layer: the gradient from backprop (a dot, materialized),
+    then ``tx.update`` and ``optax.apply_updates``; ``tx=None`` times the loss-and-gradient alone."""
+    def loss(w, xy):
+        return jnp.mean(jnp.square(xy[0] @ w - xy[1]))
+
+    if tx is None:
+        jitted = jax.jit(jax.grad(loss))
+        return lambda: jax.block_until_ready(jitted(weights, batch))
+
+    def step(w, s, xy):
+        u, s = tx.update(jax.grad(loss)(w, xy), s, w)
+        return optax.apply_updates(w, u), s
+
+    jitted = jax.jit(step, donate_argnums=(0, 1))
+    box = [weights + 0, tx.init(weights)]
+
+    def run():
+        box[0], box[1] = jitted(box[0], box[1], batch)
+        jax.block_until_ready(box)
+
+    return run
+
+
+TRAIN = "loss and gradient alone"
+
+
+def train_contenders():
+    q8, q4 = adaptx.Quantized(8), adaptx.Quantized(4)
+    return {TRAIN: None, "optax adam": optax.adam(1e-3), "adaptx adam float32": adaptx.adam(1e-3),
+            "adaptx adam 8-bit": adaptx.adam(1e-3, mu_dtype=q8, nu_dtype=q8),
+            "adaptx adam 4-bit": adaptx.adam(1e-3, mu_dtype=q4, nu_dtype=q4)}
+
+
+def measure_train(n, reps, batch_size=64):
+    """{contender: step ms, optimizer share (step − loss and gradient), share over float32 Adam's}."""
+    side = int(round(n ** 0.5))
+    rng = np.random.default_rng(1)
+    weights = jnp.asarray(rng.standard_normal((side, side)) * 0.01, jnp.float32)
+    batch = tuple(jnp.asarray(rng.standard_normal((batch_size, side)), jnp.float32) for _ in range(2))
+    runs = {name: train_runner(tx, weights, batch) for name, tx in train_contenders().items()}
+    medians = {name: median_ms(t) for name, t in interleaved(runs, reps).items()}
+    shares = {name: ms - medians[TRAIN] for name, ms in medians.items()}
+    return {name: {"ms": ms, "share_ms": shares[name], "share_vs_float32": shares[name] / shares["adaptx adam float32"]}
+            for name, ms in medians.items()}
+
+
 def measure(n, reps):
     """{contender: its median and ratios}, and the reference rows' medians, from one interleaved run."""
     rng = np.random.default_rng(0)
@@ -113,6 +162,17 @@ def render(result, meta) -> str:
     lines += ["", "The cost of a fresh buffer per step (what the plain path's direction pays):", "",
               "| reference | ms |", "|---|---|"]
     lines += [f"| {name} | {ms:.1f} |" for name, ms in meta["references"].items()]
+    train = meta["train"]
+    side = int(round(meta["n"] ** 0.5))
+    lines += ["", f"In a training step (a {side}×{side} linear layer, batch 64, mean squared error; the"
+              " gradient comes from a dot, so it is a buffer for float32 Adam too, and the quantized"
+              " direction is written over it). The optimizer's share is the step less the loss and"
+              f" gradient alone, medians of {2 * meta['reps'] + 1} turns:", "",
+              "| step | ms | optimizer share, ms | share vs float32 Adam's |", "|---|---|---|---|"]
+    for name, row in train.items():
+        share = "—" if name == TRAIN else f"{row['share_ms']:.1f}"
+        ratio = "—" if name == TRAIN else f"{row['share_vs_float32']:.2f}×"
+        lines.append(f"| {name} | {row['ms']:.1f} | {share} | {ratio} |")
     return "\n".join(lines) + "\n"
 
 
@@ -132,6 +192,7 @@ def main(argv=None):
                 versions=f"jax {jax.__version__}, optax {optax.__version__}"
                          f" (one-pass kernel {'built' if kernels.available() else 'unavailable'})")
     result, meta["references"] = measure(n, reps)
+    meta["train"] = measure_train(n, 2 * reps + 1)  # shares are differences: more turns
     meta["load_end"] = load()
     text = render(result, meta)
     args.out.mkdir(parents=True, exist_ok=True)

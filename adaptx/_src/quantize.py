@@ -182,8 +182,9 @@ def _reshape(x, shape, spec):
 def _to_shards(x, grid):
     """x (the leaf's shape) → (*grid, shard elements): each shard's elements, row-major, contiguous."""
     if not grid:
-        if _explicit(x) is not None:  # blocks over the whole leaf: gather it first
-            x = jax.sharding.reshard(x, jax.sharding.PartitionSpec())
+        sharding = _explicit(x)
+        if sharding is not None:  # blocks over the whole leaf: gather it first
+            x = jax.sharding.reshard(x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
         return jnp.ravel(x)
     rank = len(grid)
     spec = _spec(x, rank)

@@ -13,7 +13,7 @@ def test_quick_run_reports_every_contender(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in timing.RECORDS.iterdir()} == before
     assert out == tmp_path and set(result) == set(quantized_step.contenders())
     text = (tmp_path / "quantized_step.md").read_text()
-    for name in [*result, *quantized_step.REFERENCES]:
+    for name in [*result, *quantized_step.REFERENCES, *quantized_step.train_contenders()]:
         assert f"| {name} |" in text
     assert json.loads((tmp_path / "quantized_step.json").read_text())["results"].keys() == result.keys()
 

@@ -286,3 +286,25 @@ def test_the_native_step_differentiates_as_the_jnp_step(jnp_path):
     assert abs(value - want) <= bound * size
     for got, expected in zip(grads_got, grads_want):
         assert abs(got - expected) <= bound * max(abs(float(expected)), size), (got, expected)
+
+
+def test_inside_a_train_step_the_direction_is_written_over_the_gradient():
+    """The gradient of a training step is a buffer XLA made for the step: the native call writes the
+    direction over it, so the compiled step copies no param-sized array (as float32 Adam's)."""
+    q = adaptx.Quantized(8)
+    tx = adaptx.adam(1e-3, mu_dtype=q, nu_dtype=q)
+    weights, batch = jnp.ones((256, 256)), (jnp.ones((64, 256)), jnp.ones((64, 256)))
+
+    def step(w, s, xy):
+        g = jax.grad(lambda w: jnp.mean(jnp.square(xy[0] @ w - xy[1])))(w)
+        u, s = tx.update(g, s, w)
+        return optax.apply_updates(w, u), s
+
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(weights, tx.init(weights), batch).compile().as_text()
+    entry = compiled[compiled.index("ENTRY"):]
+    calls = [line for line in entry.splitlines() if kernels.DIRECTION_TARGET in line]
+    assert len(calls) == 1 and "f32[256,256]" in calls[0]
+    assert "output_to_operand_aliasing={{0}: (1, {})" in calls[0]  # the direction over the gradient
+    copies = [line for line in entry.splitlines() if "copy" in line.split("=", 1)[-1].split("(", 1)[0]
+              and ("f32[256,256]" in line.split("=", 1)[-1][:40] or "f32[65536]" in line.split("=", 1)[-1][:40])]
+    assert not copies, copies

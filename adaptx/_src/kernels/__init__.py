@@ -61,7 +61,6 @@ PARALLEL_MIN = 1 << 16
 # ones); 0, the portable ones; 2, the AVX-512 ones or an error. The tests set 0 and 2 to check that
 # both give the same numbers.
 VECTOR = 1
-ALIAS = True
 
 NOT_BUILT = ("the one-pass kernel was not built when adaptx was installed (no C++ compiler?): "
              "reinstall adaptx with a C++ compiler to enable it; the plain path is used")
@@ -228,9 +227,11 @@ def quantized_adam_direction(hyper: dict, grad, mu, nu):
 
     ``scale_by_adam``'s update of one leaf on CPU, in one pass per block (dequantize, step,
     requantize) where the jnp path takes several; the same numbers. ``hyper`` holds Adam's
-    slots (b1, b1c, b2, b2c, eps, eps_root, inv_bc1, inv_bc2). The gradient is laid out as
-    the moments are (each shard of a sharded leaf a row, blocked on its own), and over several
-    devices each device steps its own shards: the call never moves a block between devices.
+    slots (b1, b1c, b2, b2c, eps, eps_root, inv_bc1, inv_bc2). A sharded leaf's gradient is laid
+    out as its moments are (each shard a row, blocked on its own), and over several devices each
+    device steps its own shards: the call never moves a block between devices. The direction is
+    written over the gradient (XLA copies it first only where the gradient lives on after the
+    step, e.g. a jit's argument), so inside a training step it needs no buffer of its own.
     """
     rows = quantize.shard_rows(grad, mu.grid) if mu.grid else grad  # an unsharded leaf is one row as it is
     tables, attrs = _code_operands(mu, nu)
@@ -240,7 +241,7 @@ def quantized_adam_direction(hyper: dict, grad, mu, nu):
     def call(*operands):  # on the whole leaf, or on one device's shards of it
         results = [jax.ShapeDtypeStruct(operands[i].shape, operands[i].dtype) for i in (1, *aliased)]
         ffi = jax.ffi.ffi_call(DIRECTION_TARGET, results, vmap_method="sequential",
-                               input_output_aliases={**({1: 0} if ALIAS else {}), **{i: k + 1 for k, i in enumerate(aliased)}})
+                               input_output_aliases={1: 0, **{i: k + 1 for k, i in enumerate(aliased)}})
         return tuple(ffi(*operands, **attrs, rows=np.int64(np.prod(operands[3].shape[:-1], dtype=np.int64))))
 
     if jax.device_count() > 1:
@@ -263,12 +264,13 @@ def _per_shard(call, operands, rank):
         grid = grid + (None,) * (rank - len(grid))
         specs = [PartitionSpec()] + [PartitionSpec(*grid, *(None,) * (o.ndim - rank)) for o in operands[1:6]]
         specs += [PartitionSpec()] * (len(operands) - 6)
-        operands[1:6] = [o if jax.typeof(o).sharding.spec == spec else jax.sharding.reshard(o, spec)
+        operands[1:6] = [o if jax.typeof(o).sharding.spec == spec else jax.sharding.reshard(o, NamedSharding(mesh, spec))
                          for o, spec in zip(operands[1:6], specs[1:6])]
         return jax.shard_map(call, mesh=mesh, in_specs=tuple(specs), out_specs=tuple(specs[1:6]))
     partitioned = custom_partitioning(call)
     grid = [f"s{axis}" for axis in range(rank)]
-    local = [["n"], ["b", "c"], ["b"], ["b", "e"], ["b"]]  # rows' elements, m's blocks and bytes, v's
+    elements = [f"n{axis}" for axis in range(operands[1].ndim - rank)]  # an unsharded leaf keeps its shape
+    local = [elements, ["b", "c"], ["b"], ["b", "e"], ["b"]]  # the gradient's elements, m's blocks and bytes, v's
     data = [" ".join(grid + names) for names in local]
     tables = [f"t{i}" for i in range(len(operands) - 6)]
     rule = ", ".join(["h", *data, *tables]) + " -> " + ", ".join(data)
@@ -281,7 +283,7 @@ def _per_shard(call, operands, rank):
         return mesh, call, tuple(shardings), (replicated, *shardings, *[replicated] * len(tables))
 
     partitioned.def_partition(partition=partition, sharding_rule=rule,
-                              need_replication_factors=("h", "n", "b", "c", "e", *tables))
+                              need_replication_factors=("h", *elements, "b", "c", "e", *tables))
 
     # custom_partitioning has no batching rule: under jax.vmap (a sweep) the call runs once per
     # member, in a loop, as the FFI call's own vmap_method="sequential" does on one device.

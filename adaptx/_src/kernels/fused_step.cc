@@ -898,9 +898,9 @@ ffi::Error CheckCode(ffi::RemainingArgs& args, size_t first, int32_t bits, bool 
 
 // Operands, after the hyperparameter vector: [p,] g, m codes, m scales, v codes, v scales, then m's
 // five tables and v's five (p only for the one-pass step). Results: the param (aliasing p) or the
-// direction, then m codes, m scales, v codes, v scales (aliasing theirs). For the direction the
-// gradient is (rows, n): each row (a shard of the leaf) is blocked on its own; the one-pass step
-// takes a whole unsharded leaf, one row.
+// direction (aliasing g), then m codes, m scales, v codes, v scales (aliasing theirs). The
+// gradient is ``rows`` rows of equal length (the shards of a sharded leaf, each blocked on its
+// own; the one-pass step takes a whole unsharded leaf, one row).
 ffi::Error QuantizedAdam(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
                          ffi::RemainingRets rets, bool apply, int64_t block_size, int32_t m_bits, int32_t v_bits,
                          bool m_signed, bool v_signed, int64_t m_first, int64_t v_first, float m_floor,
