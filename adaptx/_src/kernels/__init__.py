@@ -211,7 +211,7 @@ def quantized_adam_step(hyper: dict, param, grad, mu, nu):
     results = [jax.ShapeDtypeStruct(operands[i].shape, operands[i].dtype) for i in aliased]
     call = jax.ffi.ffi_call(QUANTIZED_TARGET, results, input_output_aliases={i: k for k, i in enumerate(aliased)},
                             vmap_method="sequential")
-    p, m_codes, m_scales, v_codes, v_scales = call(*operands, **attrs)
+    p, m_codes, m_scales, v_codes, v_scales = call(*operands, **attrs, rows=np.int64(1))
     return p, _rebuilt(mu, m_codes, m_scales), _rebuilt(nu, v_codes, v_scales)
 
 

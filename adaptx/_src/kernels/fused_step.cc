@@ -901,11 +901,12 @@ ffi::Error CheckCode(ffi::RemainingArgs& args, size_t first, int32_t bits, bool 
 // direction (aliasing g), then m codes, m scales, v codes, v scales (aliasing theirs). The
 // gradient is ``rows`` rows of equal length (the shards of a sharded leaf, each blocked on its
 // own; the one-pass step takes a whole unsharded leaf, one row).
+template <bool kApply>  // the one-pass step (the param in place), or Adam's direction
 ffi::Error QuantizedAdam(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
-                         ffi::RemainingRets rets, bool apply, int64_t block_size, int32_t m_bits, int32_t v_bits,
+                         ffi::RemainingRets rets, int64_t block_size, int32_t m_bits, int32_t v_bits,
                          bool m_signed, bool v_signed, int64_t m_first, int64_t v_first, float m_floor,
                          float v_floor, int64_t parallel_min, int32_t vector, int64_t rows) {
-  const size_t lead = apply ? 1 : 0;  // the param's operand
+  const size_t lead = kApply ? 1 : 0;  // the param's operand
   if (hyper.element_count() != kSlots) return ffi::Error::InvalidArgument("adaptx: wrong hyperparameter vector");
   if (args.size() != lead + 15 || rets.size() != 5)
     return ffi::Error::InvalidArgument("adaptx: a quantized step takes one leaf and its tables");
@@ -934,7 +935,7 @@ ffi::Error QuantizedAdam(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi:
   if (out->element_type() != type || static_cast<int64_t>(out->element_count()) != total)
     return ffi::Error::InvalidArgument("adaptx: the result must have the gradient's dtype and size");
   const void* p_in = nullptr;
-  if (apply) {
+  if (kApply) {
     auto p = args.get<ffi::AnyBuffer>(0).value();
     if (p.element_type() != type || static_cast<int64_t>(p.element_count()) != total)
       return ffi::Error::InvalidArgument("adaptx: gradients must have the params' dtype and size");
@@ -965,7 +966,7 @@ ffi::Error QuantizedAdam(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi:
                                  static_cast<float*>(scales_out->untyped_data())};
   }
   work->bf16 = type == ffi::DataType::BF16;
-  work->apply = apply;
+  work->apply = kApply;
   work->block_size = block_size;
   const size_t width = work->bf16 ? sizeof(uint16_t) : sizeof(float);
   auto at = [](auto* base, int64_t offset) { return base == nullptr ? base : base + offset; };
@@ -978,7 +979,7 @@ ffi::Error QuantizedAdam(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi:
     const int64_t offset = r * n * static_cast<int64_t>(width);
     work->rows.push_back({static_cast<char*>(out->untyped_data()) + offset,
                           static_cast<const char*>(g.untyped_data()) + offset,
-                          apply ? static_cast<const char*>(p_in) + offset : nullptr, m, v, n});
+                          kApply ? static_cast<const char*>(p_in) + offset : nullptr, m, v, n});
     for (int64_t b = 0; b < blocks; b += blocks_per_chunk)
       work->chunks.push_back({static_cast<int32_t>(r), b, std::min(blocks, b + blocks_per_chunk)});
   }
@@ -990,21 +991,6 @@ ffi::Error QuantizedAdam(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi:
   return ffi::Error::Success();
 }
 
-ffi::Error QuantizedStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
-                         ffi::RemainingRets rets, int64_t block_size, int32_t m_bits, int32_t v_bits,
-                         bool m_signed, bool v_signed, int64_t m_first, int64_t v_first, float m_floor,
-                         float v_floor, int64_t parallel_min, int32_t vector) {
-  return QuantizedAdam(pool, hyper, args, rets, true, block_size, m_bits, v_bits, m_signed, v_signed, m_first,
-                       v_first, m_floor, v_floor, parallel_min, vector, 1);
-}
-
-ffi::Error QuantizedDirection(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
-                              ffi::RemainingRets rets, int64_t block_size, int32_t m_bits, int32_t v_bits,
-                              bool m_signed, bool v_signed, int64_t m_first, int64_t v_first, float m_floor,
-                              float v_floor, int64_t parallel_min, int32_t vector, int64_t rows) {
-  return QuantizedAdam(pool, hyper, args, rets, false, block_size, m_bits, v_bits, m_signed, v_signed, m_first,
-                       v_first, m_floor, v_floor, parallel_min, vector, rows);
-}
 
 }  // namespace
 
@@ -1019,39 +1005,27 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdaptxFusedStep, FusedStep,
                                   .Attr<bool>("flat")
                                   .Attr<ffi::Span<const int64_t>>("offsets"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AdaptxQuantizedStep, QuantizedStep,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .RemainingArgs()
-                                  .RemainingRets()
-                                  .Attr<int64_t>("block_size")
-                                  .Attr<int32_t>("m_bits")
-                                  .Attr<int32_t>("v_bits")
-                                  .Attr<bool>("m_signed")
-                                  .Attr<bool>("v_signed")
-                                  .Attr<int64_t>("m_first")
-                                  .Attr<int64_t>("v_first")
-                                  .Attr<float>("m_floor")
-                                  .Attr<float>("v_floor")
-                                  .Attr<int64_t>("parallel_min")
-                                  .Attr<int32_t>("vector"));
+// The two quantized handlers read the same formats and attributes.
+auto QuantizedBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .RemainingArgs()
+      .RemainingRets()
+      .Attr<int64_t>("block_size")
+      .Attr<int32_t>("m_bits")
+      .Attr<int32_t>("v_bits")
+      .Attr<bool>("m_signed")
+      .Attr<bool>("v_signed")
+      .Attr<int64_t>("m_first")
+      .Attr<int64_t>("v_first")
+      .Attr<float>("m_floor")
+      .Attr<float>("v_floor")
+      .Attr<int64_t>("parallel_min")
+      .Attr<int32_t>("vector")
+      .Attr<int64_t>("rows");
+}
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AdaptxQuantizedDirection, QuantizedDirection,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .RemainingArgs()
-                                  .RemainingRets()
-                                  .Attr<int64_t>("block_size")
-                                  .Attr<int32_t>("m_bits")
-                                  .Attr<int32_t>("v_bits")
-                                  .Attr<bool>("m_signed")
-                                  .Attr<bool>("v_signed")
-                                  .Attr<int64_t>("m_first")
-                                  .Attr<int64_t>("v_first")
-                                  .Attr<float>("m_floor")
-                                  .Attr<float>("v_floor")
-                                  .Attr<int64_t>("parallel_min")
-                                  .Attr<int32_t>("vector")
-                                  .Attr<int64_t>("rows"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdaptxQuantizedStep, QuantizedAdam<true>, QuantizedBinding());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdaptxQuantizedDirection, QuantizedAdam<false>, QuantizedBinding());
