@@ -98,9 +98,9 @@ def _jnp_leaf(with_eps_root, scalars, g, mu, nu):
     return tuple(leaf for (leaf,) in _adam_step(with_eps_root, False, scalars, [g], [mu], [nu]))
 
 
-def _kernel_leaf(with_eps_root, scalars, g, mu, nu):
+def _kernel_leaf(scalars, g, mu, nu):  # ε_root = 0 adds nothing
     (beta1, comp1), (beta2, comp2), eps, eps_root, bias1, bias2 = scalars
-    hyper = dict(b1=beta1, b1c=comp1, b2=beta2, b2c=comp2, eps=eps, eps_root=eps_root if with_eps_root else 0.0,
+    hyper = dict(b1=beta1, b1c=comp1, b2=beta2, b2c=comp2, eps=eps, eps_root=eps_root,
                  inv_bc1=1 / bias1.astype(jnp.float32), inv_bc2=1 / bias2.astype(jnp.float32))
     return kernels.quantized_adam_direction(hyper, g, mu, nu)
 
@@ -108,7 +108,7 @@ def _kernel_leaf(with_eps_root, scalars, g, mu, nu):
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _quantized_leaf(with_eps_root, scalars, g, mu, nu):
     """One leaf whose moments are both quantized: the kernel's one pass on CPU, the jnp step elsewhere."""
-    return jax.lax.platform_dependent(scalars, g, mu, nu, cpu=functools.partial(_kernel_leaf, with_eps_root),
+    return jax.lax.platform_dependent(scalars, g, mu, nu, cpu=_kernel_leaf,
                                       default=functools.partial(_jnp_leaf, with_eps_root))
 
 
@@ -163,9 +163,8 @@ def scale_by_adam(
 
         leaves, treedef = jax.tree.flatten(updates)
         trees = [treedef.flatten_up_to(t) for t in (state.mu, state.nu, *((state.nu_max,) if amsgrad else ()))]
-        fast = set() if amsgrad else {i for i, leaf in enumerate(zip(leaves, *trees))
-                                      if kernels.steps_quantized_adam(*leaf)}
-        rest = [i for i in range(len(leaves)) if i not in fast]
+        native = [not amsgrad and kernels.steps_quantized_adam(*leaf) for leaf in zip(leaves, *trees)]
+        rest = [i for i, fast in enumerate(native) if not fast]
         new = [[None] * len(leaves) for _ in range(1 + len(trees))]  # out, mu, nu (, nu_max)
         for tree, values in zip(new, plain([leaves[i] for i in rest], *([t[i] for i in rest] for t in trees))):
             for i, value in zip(rest, values):
@@ -173,7 +172,7 @@ def scale_by_adam(
         # (β, 1 − β) split here: inside _quantized_leaf a Python β is already an array, whose
         # complement would round in float32 rather than come from double
         rates = (nx.split_rate(b1), nx.split_rate(b2), *scalars[2:])
-        for i in sorted(fast):
+        for i in (i for i, fast in enumerate(native) if fast):
             new[0][i], new[1][i], new[2][i] = _quantized_leaf(with_eps_root, rates, leaves[i], trees[0][i], trees[1][i])
         out, *fields = (treedef.unflatten(values) for values in new)
         return out, nx.block_state(*states, own, *fields)

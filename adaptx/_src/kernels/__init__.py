@@ -260,9 +260,9 @@ def _per_shard(call, operands, rank):
     """
     mesh = _explicit_mesh(operands[:6])  # it skips the hyperparameter vector
     if mesh is not None:
-        grid = tuple(jax.typeof(operands[1]).sharding.spec)[:rank]
-        grid = grid + (None,) * (rank - len(grid))
-        specs = [PartitionSpec()] + [PartitionSpec(*grid, *(None,) * (o.ndim - rank)) for o in operands[1:6]]
+        axes = tuple(jax.typeof(operands[1]).sharding.spec)[:rank]
+        axes = axes + (None,) * (rank - len(axes))
+        specs = [PartitionSpec()] + [PartitionSpec(*axes, *(None,) * (o.ndim - rank)) for o in operands[1:6]]
         specs += [PartitionSpec()] * (len(operands) - 6)
         operands[1:6] = [o if jax.typeof(o).sharding.spec == spec else jax.sharding.reshard(o, NamedSharding(mesh, spec))
                          for o, spec in zip(operands[1:6], specs[1:6])]
