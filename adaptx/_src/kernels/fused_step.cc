@@ -795,22 +795,19 @@ struct QuantizedWork {
   Ranks mk, vk;
   bool avx512;  // both codes' Ranks proven and the CPU has AVX-512
 
+  template <typename S, bool kApply, bool kDecoupled, int kMBits, int kVBits>
+  void RunBlocks(const QuantizedRow& row, int64_t first, int64_t last, Scratch& scratch) {
+    if (avx512) return RunQuantized512<S, kApply, kDecoupled, kMBits, kVBits>(h, row, mk, vk, block_size, first, last, scratch);
+    RunQuantized<S, kApply, kDecoupled, kMBits, kVBits>(h, row, mc, vc, block_size, first, last, scratch);
+  }
+
   template <typename S, bool kApply, bool kDecoupled>
   void RunBits(const QuantizedRow& row, int64_t first, int64_t last, Scratch& scratch) {
-    const int key = (mc.bits == 8 ? 2 : 0) + (vc.bits == 8 ? 1 : 0);
-    if (avx512) {
-      switch (key) {
-        case 3: return RunQuantized512<S, kApply, kDecoupled, 8, 8>(h, row, mk, vk, block_size, first, last, scratch);
-        case 2: return RunQuantized512<S, kApply, kDecoupled, 8, 4>(h, row, mk, vk, block_size, first, last, scratch);
-        case 1: return RunQuantized512<S, kApply, kDecoupled, 4, 8>(h, row, mk, vk, block_size, first, last, scratch);
-        default: return RunQuantized512<S, kApply, kDecoupled, 4, 4>(h, row, mk, vk, block_size, first, last, scratch);
-      }
-    }
-    switch (key) {
-      case 3: return RunQuantized<S, kApply, kDecoupled, 8, 8>(h, row, mc, vc, block_size, first, last, scratch);
-      case 2: return RunQuantized<S, kApply, kDecoupled, 8, 4>(h, row, mc, vc, block_size, first, last, scratch);
-      case 1: return RunQuantized<S, kApply, kDecoupled, 4, 8>(h, row, mc, vc, block_size, first, last, scratch);
-      default: return RunQuantized<S, kApply, kDecoupled, 4, 4>(h, row, mc, vc, block_size, first, last, scratch);
+    switch ((mc.bits == 8 ? 2 : 0) + (vc.bits == 8 ? 1 : 0)) {
+      case 3: return RunBlocks<S, kApply, kDecoupled, 8, 8>(row, first, last, scratch);
+      case 2: return RunBlocks<S, kApply, kDecoupled, 8, 4>(row, first, last, scratch);
+      case 1: return RunBlocks<S, kApply, kDecoupled, 4, 8>(row, first, last, scratch);
+      default: return RunBlocks<S, kApply, kDecoupled, 4, 4>(row, first, last, scratch);
     }
   }
 
