@@ -171,6 +171,17 @@ struct Work {
 
 constexpr int64_t kChunk = 1 << 15;
 
+// Drains ``work``'s chunks on the calling thread and up to the pool's threads, returning when all are
+// done. A small call runs on the calling thread alone (see PARALLEL_MIN in __init__.py).
+template <typename Work>
+void DrainOnPool(ffi::ThreadPool& pool, const std::shared_ptr<Work>& work, int64_t total, int64_t parallel_min) {
+  const int64_t helpers = total < parallel_min ? 0
+      : std::min<int64_t>(pool.num_threads(), static_cast<int64_t>(work->chunks.size()) - 1);
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work->Drain(); });
+  work->Drain();
+  while (work->done.load(std::memory_order_acquire) < work->chunks.size()) std::this_thread::yield();
+}
+
 // Operands after the hyperparameters, for k leaves and M moments (M = 2 for Adam):
 //   per-leaf layout (flat = false): (p, g, m1..mM) per leaf -> (p, m1..mM) per leaf
 //   flat layout (flat = true):      (p, g) per leaf, then M flat moment buffers
@@ -241,12 +252,7 @@ ffi::Error FusedStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Rem
     for (int64_t b = 0; b < n; b += kChunk)
       work->chunks.push_back({static_cast<int32_t>(i), b, std::min(n, b + kChunk)});
   }
-  // A small call runs on the calling thread alone (see PARALLEL_MIN in __init__.py).
-  const int64_t helpers = total < parallel_min ? 0
-      : std::min<int64_t>(pool.num_threads(), static_cast<int64_t>(work->chunks.size()) - 1);
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work->Drain(); });
-  work->Drain();
-  while (work->done.load(std::memory_order_acquire) < work->chunks.size()) std::this_thread::yield();
+  DrainOnPool(pool, work, total, parallel_min);
   return ffi::Error::Success();
 }
 
@@ -980,11 +986,7 @@ ffi::Error QuantizedAdam(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi:
     for (int64_t b = 0; b < blocks; b += blocks_per_chunk)
       work->chunks.push_back({static_cast<int32_t>(r), b, std::min(blocks, b + blocks_per_chunk)});
   }
-  const int64_t helpers = total < parallel_min ? 0
-      : std::min<int64_t>(pool.num_threads(), static_cast<int64_t>(work->chunks.size()) - 1);
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work->Drain(); });
-  work->Drain();
-  while (work->done.load(std::memory_order_acquire) < work->chunks.size()) std::this_thread::yield();
+  DrainOnPool(pool, work, total, parallel_min);
   return ffi::Error::Success();
 }
 
