@@ -52,6 +52,18 @@ def contenders():
     return rows
 
 
+def donated(step, tx, params, data):
+    """A run of ``step(params, state, data) -> (params, state)``, jitted with params and state donated."""
+    jitted = jax.jit(step, donate_argnums=(0, 1))
+    box = [params + 0, tx.init(params)]
+
+    def run():
+        box[0], box[1] = jitted(box[0], box[1], data)
+        jax.block_until_ready(box)
+
+    return run
+
+
 def runner(tx, one_pass, params, grads):
     def step(p, s, g):
         if one_pass:
@@ -59,14 +71,7 @@ def runner(tx, one_pass, params, grads):
         u, s = tx.update(g, s, p)
         return optax.apply_updates(p, u), s
 
-    jitted = jax.jit(step, donate_argnums=(0, 1))
-    box = [params + 0, tx.init(params)]
-
-    def run():
-        box[0], box[1] = jitted(box[0], box[1], grads)
-        jax.block_until_ready(box)
-
-    return run
+    return donated(step, tx, params, grads)
 
 
 REFERENCES = {"reference: y = 2·x into a fresh buffer": False, "reference: x ← 2·x in place (donated)": True}
@@ -99,14 +104,7 @@ def train_runner(tx, weights, batch):
         u, s = tx.update(jax.grad(loss)(w, xy), s, w)
         return optax.apply_updates(w, u), s
 
-    jitted = jax.jit(step, donate_argnums=(0, 1))
-    box = [weights + 0, tx.init(weights)]
-
-    def run():
-        box[0], box[1] = jitted(box[0], box[1], batch)
-        jax.block_until_ready(box)
-
-    return run
+    return donated(step, tx, weights, batch)
 
 
 TRAIN = "loss and gradient alone"
