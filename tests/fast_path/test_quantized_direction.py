@@ -143,7 +143,7 @@ def test_avx512_and_portable_loops_agree_bit_for_bit(bits, dtype, monkeypatch):
         bits[0]), nu_dtype=adaptx.Quantized(bits[1]))}
     for path, tx in txs.items():
         runs = []
-        for vector in (2, 0):
+        for vector in (2, 3, 0):
             monkeypatch.setattr(kernels, "VECTOR", vector)
             if path == "plain":
                 step = plain_step(tx)
@@ -158,8 +158,10 @@ def test_avx512_and_portable_loops_agree_bit_for_bit(bits, dtype, monkeypatch):
                 if "lacks AVX-512" in str(error):
                     pytest.skip("this CPU lacks AVX-512")
                 raise
-        for a, b in zip(jax.tree.leaves(runs[0]), jax.tree.leaves(runs[1])):  # (a NaN's payload aside)
-            np.testing.assert_array_equal(np.asarray(a).astype(np.float64), np.asarray(b).astype(np.float64), err_msg=path)
+        for other in runs[1:]:  # AVX-512 with VBMI (where the CPU has it) vs without, and vs portable
+            for a, b in zip(jax.tree.leaves(runs[0]), jax.tree.leaves(other)):  # (a NaN's payload aside)
+                np.testing.assert_array_equal(np.asarray(a).astype(np.float64), np.asarray(b).astype(np.float64),
+                                              err_msg=path)
 
 
 @pytest.mark.parametrize("block_size", [2, 34])
@@ -172,7 +174,7 @@ def test_block_sizes_off_the_vector_width_agree_bit_for_bit(block_size, monkeypa
         q = adaptx.Quantized(bits, block_size=block_size, min_size=16)
         tx = adaptx.adam(1e-2, mu_dtype=q, nu_dtype=q)
         runs = []
-        for vector in (2, 0):
+        for vector in (2, 3, 0):
             monkeypatch.setattr(kernels, "VECTOR", vector)
             step, p, s = plain_step(tx), params, tx.init(params)
             try:
@@ -183,8 +185,9 @@ def test_block_sizes_off_the_vector_width_agree_bit_for_bit(block_size, monkeypa
                     pytest.skip("this CPU lacks AVX-512")
                 raise
             runs.append((p, s))
-        for a, b in zip(jax.tree.leaves(runs[0]), jax.tree.leaves(runs[1])):
-            np.testing.assert_array_equal(a, b)
+        for other in runs[1:]:
+            for a, b in zip(jax.tree.leaves(runs[0]), jax.tree.leaves(other)):
+                np.testing.assert_array_equal(a, b)
 
 
 def test_a_nan_gradient_makes_its_block_nan_and_leaves_the_others(jnp_path):

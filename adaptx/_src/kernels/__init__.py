@@ -58,8 +58,9 @@ LEAVES_PER_CALL = 16
 # thread costs more than it saves there, and XLA runs independent calls side by side.
 PARALLEL_MIN = 1 << 16
 # Which loops the quantized steps run: 1, the AVX-512 ones where the CPU has them (else the portable
-# ones); 0, the portable ones; 2, the AVX-512 ones or an error. The tests set 0 and 2 to check that
-# both give the same numbers.
+# ones), with VBMI's byte permutes where it has those too; 0, the portable ones; 2, the AVX-512 ones
+# or an error; 3, the AVX-512 ones without VBMI, or an error. The tests set 0, 2 and 3 to check that
+# all give the same numbers.
 VECTOR = 1
 
 NOT_BUILT = ("the one-pass kernel was not built when adaptx was installed (no C++ compiler?): "

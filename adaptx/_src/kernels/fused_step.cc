@@ -453,6 +453,7 @@ struct Ranks {
   alignas(64) float threshold[16], lo[16], inverse[16];
   alignas(64) int32_t base[16], last[16];
   alignas(64) float values[256], above[256], below[256];
+  alignas(64) uint8_t planes[4][256];  // byte p of each code value (little-endian), for Values64
   // The run of a is #{thresholds < a}, found from a's binade (float exponent − first_exponent):
   // run_at[binade] thresholds lie below the binade and at most one, split_at[binade], inside it.
   alignas(64) int32_t run_at[32];
@@ -542,6 +543,11 @@ bool BuildRanksUncached(const Code& code, const float* midpoints, int64_t n_magn
   }
   for (int i = 0; i < 256; ++i) {
     k->values[i] = i < (1 << code.bits) ? code.values[i] : 0.0f;
+  for (int i = 0; i < 256; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &k->values[i], 4);
+    for (int p = 0; p < 4; ++p) k->planes[p][i] = static_cast<uint8_t>(bits >> (8 * p));
+  }
     k->above[i] = i < n_magnitudes ? midpoints[i] : INFINITY;
     k->below[i] = i == 0 ? -INFINITY : i - 1 < n_magnitudes ? midpoints[i - 1] : INFINITY;
   }
@@ -642,6 +648,52 @@ ADAPTX_AVX512 inline __m512 Lookup(const float* table, __m512i index) {
   else return Lookup256(table, index);
 }
 
+inline __mmask16 Lanes(int64_t left) { return left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1); }
+
+bool HasVbmi() {
+  static const bool has = HasAvx512() && __builtin_cpu_supports("avx512vbmi");
+  return has;
+}
+
+// vpermb order that makes Values64's byte unpacking come out in element order: unpacking puts the
+// byte at position 16L + 4q + i (lane L) into float q·16 + 4L + i, so that byte must be code 16q + 4L + i.
+struct ByteOrder {
+  alignas(64) uint8_t at[64];
+  ByteOrder() {
+    for (int L = 0; L < 4; ++L)
+      for (int q = 0; q < 4; ++q)
+        for (int i = 0; i < 4; ++i) at[16 * L + 4 * q + i] = static_cast<uint8_t>(16 * q + 4 * L + i);
+  }
+};
+const ByteOrder kByteOrder;
+
+// values[codes[j]] for one block of 8-bit codes, j < count, 64 at a time: per byte of the float,
+// two 128-entry byte permutes (vpermi2b) and a blend on the code's top bit, then the four bytes
+// interleaved into floats. Sixteen table lookups per instruction where Lookup256 does one.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi")))
+void Values64(const Ranks& k, const uint8_t* __restrict codes, int64_t count, float* __restrict out) {
+  const __m512i order = _mm512_load_si512(kByteOrder.at);
+  for (int64_t j = 0; j < count; j += 64) {
+    const int64_t left = count - j;
+    const __mmask64 lanes = left >= 64 ? ~__mmask64{0} : (__mmask64{1} << left) - 1;
+    const __m512i c = _mm512_permutexvar_epi8(order, _mm512_maskz_loadu_epi8(lanes, codes + j));
+    const __mmask64 high = _mm512_movepi8_mask(c);
+    __m512i b[4];
+    for (int p = 0; p < 4; ++p) {
+      const uint8_t* plane = k.planes[p];
+      const __m512i low = _mm512_permutex2var_epi8(_mm512_load_si512(plane), c, _mm512_load_si512(plane + 64));
+      const __m512i top = _mm512_permutex2var_epi8(_mm512_load_si512(plane + 128), c, _mm512_load_si512(plane + 192));
+      b[p] = _mm512_mask_blend_epi8(high, low, top);
+    }
+    const __m512i lo01 = _mm512_unpacklo_epi8(b[0], b[1]), hi01 = _mm512_unpackhi_epi8(b[0], b[1]);
+    const __m512i lo23 = _mm512_unpacklo_epi8(b[2], b[3]), hi23 = _mm512_unpackhi_epi8(b[2], b[3]);
+    const __m512i quarter[4] = {_mm512_unpacklo_epi16(lo01, lo23), _mm512_unpackhi_epi16(lo01, lo23),
+                                _mm512_unpacklo_epi16(hi01, hi23), _mm512_unpackhi_epi16(hi01, hi23)};
+    for (int q = 0; q < 4 && 16 * q < left; ++q)
+      _mm512_mask_storeu_epi32(out + j + 16 * q, Lanes(left - 16 * q), quarter[q]);
+  }
+}
+
 // A float32 or bfloat16 vector of 16 elements (masked), and the roundings S makes.
 template <typename S> ADAPTX_AVX512 inline __m512 Load16(const typename S::T* p, __mmask16 m) {
   if constexpr (std::is_same_v<S, F32>) return _mm512_maskz_loadu_ps(m, p);
@@ -663,12 +715,12 @@ template <typename S> ADAPTX_AVX512 inline void Store16(typename S::T* p, __mmas
   else _mm512_mask_cvtepi32_storeu_epi16(p, m, ToBf16Bits(x));
 }
 
-inline __mmask16 Lanes(int64_t left) { return left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1); }
 
-// Requantize's nearest-code loop (the absmax already known), for the elements x[0..count).
+// Requantize's nearest-code loop (the absmax already known), for the elements x[0..count): each
+// code index into ``index``, or for 8-bit codes straight into the block's bytes ``codes``.
 template <int kBits>
 ADAPTX_AVX512 void Nearest512(const Ranks& k, const float* __restrict x, int64_t count, float absmax,
-                              int32_t* __restrict index) {
+                              int32_t* __restrict index, uint8_t* __restrict codes) {
   const __m512 inverse = _mm512_set1_ps(1.0f / (absmax > 0.0f ? absmax : 1.0f));
   const __m512 floor = _mm512_set1_ps(k.floor), one = _mm512_set1_ps(1.0f);
   const __m512i zero = _mm512_set1_epi32(k.zero), ones = _mm512_set1_epi32(1);
@@ -707,7 +759,8 @@ ADAPTX_AVX512 void Nearest512(const Ranks& k, const float* __restrict x, int64_t
       const __mmask16 negative = _mm512_cmp_ps_mask(normal, _mm512_setzero_ps(), _CMP_LT_OQ);
       out = _mm512_mask_mov_epi32(out, negative, _mm512_max_epi32(_mm512_sub_epi32(zero, r), _mm512_setzero_si512()));
     }
-    _mm512_mask_storeu_epi32(index + j, m, out);
+    if constexpr (kBits == 8) _mm512_mask_cvtepi32_storeu_epi8(codes + j, m, out);
+    else _mm512_mask_storeu_epi32(index + j, m, out);
   };
   for (int64_t j = 0; j < count; j += 32) {
     const __mmask16 m0 = Lanes(count - j), m1 = j + 16 < count ? Lanes(count - j - 16) : 0;
@@ -724,9 +777,33 @@ ADAPTX_AVX512 void Nearest512(const Ranks& k, const float* __restrict x, int64_t
   }
 }
 
+// After Nearest512: the padding elements' code (the index of 0), and 4-bit indices packed.
+template <int kBits>
+inline void FinishBlock(int32_t zero, int64_t count, int64_t block_size, int32_t* __restrict index, uint8_t* codes) {
+  if constexpr (kBits == 8) {
+    if (count < block_size) std::memset(codes + count, zero, block_size - count);
+  } else {
+    for (int64_t j = count; j < block_size; ++j) index[j] = zero;
+    Pack<kBits>(index, block_size, codes);
+  }
+}
+
+// The code values (unscaled) of one block's first ``count`` elements, into ``out``.
+template <int kBits>
+ADAPTX_AVX512 inline void BlockValues(const Ranks& k, const uint8_t* codes, int64_t block_size, int64_t count,
+                                      bool vbmi, int32_t* __restrict index, float* __restrict out) {
+  if (kBits == 8 && vbmi) return Values64(k, codes, count, out);
+  Unpack<kBits>(codes, block_size, index);
+  for (int64_t j = 0; j < count; j += 16) {
+    const __mmask16 lanes = Lanes(count - j);
+    _mm512_mask_storeu_ps(out + j, lanes, Lookup<kBits>(k.values, _mm512_maskz_loadu_epi32(lanes, index + j)));
+  }
+}
+
 template <typename S, bool kApply, bool kDecoupled, int kMBits, int kVBits>
 ADAPTX_AVX512 void RunQuantized512(const Hyper h, const QuantizedRow& row, const Ranks& mk, const Ranks& vk,
-                                   int64_t block_size, int64_t first_block, int64_t last_block, Scratch& scratch) {
+                                   int64_t block_size, int64_t first_block, int64_t last_block, bool vbmi,
+                                   Scratch& scratch) {
   using T = typename S::T;
   T* __restrict out = static_cast<T*>(row.out);
   const T* __restrict g_in = static_cast<const T*>(row.g);
@@ -745,15 +822,15 @@ ADAPTX_AVX512 void RunQuantized512(const Hyper h, const QuantizedRow& row, const
     uint8_t* m_codes = row.m.codes + b * m_row;
     uint8_t* v_codes = row.v.codes + b * v_row;
     const __m512 m_scale = _mm512_set1_ps(row.m.scales[b]), v_scale = _mm512_set1_ps(row.v.scales[b]);
-    Unpack<kMBits>(m_codes, block_size, mi);
-    Unpack<kVBits>(v_codes, block_size, vi);
+    BlockValues<kMBits>(mk, m_codes, block_size, count, vbmi, mi, m_new);
+    BlockValues<kVBits>(vk, v_codes, block_size, count, vbmi, vi, v_new);
     T* __restrict ob = out + begin;
     const T* __restrict gb = g_in + begin;
     __m512i m_max = _mm512_setzero_si512(), v_max = _mm512_setzero_si512();
     for (int64_t j = 0; j < count; j += 16) {  // Direction<kAdam> and Run's step, op for op
       const __mmask16 lanes = Lanes(count - j);
-      __m512 m = _mm512_mul_ps(Lookup<kMBits>(mk.values, _mm512_maskz_loadu_epi32(lanes, mi + j)), m_scale);
-      __m512 v = _mm512_mul_ps(Lookup<kVBits>(vk.values, _mm512_maskz_loadu_epi32(lanes, vi + j)), v_scale);
+      __m512 m = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, m_new + j), m_scale);
+      __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, v_new + j), v_scale);
       const __m512 g = Load16<S>(gb + j, lanes);
       m = _mm512_add_ps(_mm512_mul_ps(b1, m), _mm512_mul_ps(b1c, g));
       v = _mm512_add_ps(_mm512_mul_ps(b2, v), _mm512_mul_ps(b2c, _mm512_mul_ps(g, g)));
@@ -778,11 +855,10 @@ ADAPTX_AVX512 void RunQuantized512(const Hyper h, const QuantizedRow& row, const
     float m_absmax, v_absmax;
     std::memcpy(&m_absmax, &m_bits, 4);
     std::memcpy(&v_absmax, &v_bits, 4);
-    Nearest512<kMBits>(mk, m_new, count, m_absmax, mi);
-    Nearest512<kVBits>(vk, v_new, count, v_absmax, vi);
-    for (int64_t j = count; j < block_size; ++j) mi[j] = mk.zero, vi[j] = vk.zero;
-    Pack<kMBits>(mi, block_size, m_codes);
-    Pack<kVBits>(vi, block_size, v_codes);
+    Nearest512<kMBits>(mk, m_new, count, m_absmax, mi, m_codes);
+    Nearest512<kVBits>(vk, v_new, count, v_absmax, vi, v_codes);
+    FinishBlock<kMBits>(mk.zero, count, block_size, mi, m_codes);
+    FinishBlock<kVBits>(vk.zero, count, block_size, vi, v_codes);
     row.m.scales[b] = m_absmax;
     row.v.scales[b] = v_absmax;
   }
@@ -800,10 +876,11 @@ struct QuantizedWork {
 
   Ranks mk, vk;
   bool avx512;  // both codes' Ranks proven and the CPU has AVX-512
+  bool vbmi;    // and AVX-512 VBMI, for Values64
 
   template <typename S, bool kApply, bool kDecoupled, int kMBits, int kVBits>
   void RunBlocks(const QuantizedRow& row, int64_t first, int64_t last, Scratch& scratch) {
-    if (avx512) return RunQuantized512<S, kApply, kDecoupled, kMBits, kVBits>(h, row, mk, vk, block_size, first, last, scratch);
+    if (avx512) return RunQuantized512<S, kApply, kDecoupled, kMBits, kVBits>(h, row, mk, vk, block_size, first, last, vbmi, scratch);
     RunQuantized<S, kApply, kDecoupled, kMBits, kVBits>(h, row, mc, vc, block_size, first, last, scratch);
   }
 
@@ -923,10 +1000,12 @@ ffi::Error QuantizedAdam(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi:
     BuildRanks(*code, static_cast<const float*>(midpoints.untyped_data()),
                static_cast<int64_t>(midpoints.element_count()), ranks);
   }
-  // vector: 0 the portable loops, 1 the AVX-512 ones where the CPU has them and the proof holds,
-  // 2 the AVX-512 ones or an error (the tests' way to know which loops ran).
+  // vector: 0 the portable loops, 1 the AVX-512 ones where the CPU has them and the proof holds
+  // (with VBMI where it has that too), 2 the same or an error, 3 the AVX-512 ones without VBMI or an
+  // error (2 and 3 are the tests' way to know which loops ran).
   work->avx512 = vector != 0 && HasAvx512() && work->mk.usable && work->vk.usable;
-  if (vector == 2 && !work->avx512)
+  work->vbmi = work->avx512 && vector != 3 && HasVbmi();
+  if (vector >= 2 && !work->avx512)
     return ffi::Error::InvalidArgument(HasAvx512() ? "adaptx: the code's ranks are not proven for the AVX-512 loops"
                                                    : "adaptx: this CPU lacks AVX-512");
   auto g = args.get<ffi::AnyBuffer>(lead).value();
