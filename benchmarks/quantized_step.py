@@ -2,29 +2,30 @@
 
     python -m benchmarks.quantized_step [--quick] [--out DIR] [--size-log2 N] [--reps R]
 
-One float32 leaf of 2**24 elements (issue 12's size), donated, jitted. Two ways to step:
+Issue 12's size, a float32 leaf of 2**24 elements, stepped on the plain path (``tx.update`` then
+``optax.apply_updates``, what flax, equinox and TrainState run). With quantized moments
+``scale_by_adam`` runs one kernel call per leaf on CPU (dequantize, step, requantize per block,
+writing the direction over the gradient), then XLA scales the direction and adds it to the param.
 
-- plain: ``tx.update`` then ``optax.apply_updates`` (what flax/equinox users run). With quantized
-  moments ``scale_by_adam`` runs one kernel call per leaf on CPU (dequantize, step, requantize
-  per block, writing the direction), then XLA scales it and adds it to the param;
-- one-pass: ``adaptx.update_and_apply``, which runs the CPU kernel (for quantized moments:
-  dequantize, step and requantize per block, in one pass over the leaf, the param in place).
+First, a training step as users run it: a 4096×4096 linear layer whose gradient comes from
+backprop inside the jitted step (batch 8); the optimizer's share is the step less the loss and gradient alone.
 
-Two reference rows show what the plain path pays here that the one-pass path does not: the
-gradient is the step's argument, so the direction (64 MB) needs a buffer of its own, which XLA's
-CPU runtime maps fresh and zero-filled every step. A second table times a training step, where
-the gradient comes from backprop and the direction is written over it, as the optimizer's share
-of the step (step less loss-and-gradient).
+Then the leaf alone, the gradient a jit argument, two ways: plain, and one-pass
+(``adaptx.update_and_apply``: the param in place). An argument cannot be written over, so there the
+direction needs a 64 MB buffer of its own, which XLA's CPU runtime allocates with malloc every
+step; glibc maps blocks that large fresh and zero-filled each time. Two reference rows time that buffer alone, and the same rows are
+timed again in a child process whose glibc keeps freed memory (``GLIBC_TUNABLES`` below).
 
-Contenders take turns (benchmarks/timing.interleaved), so a burst of load from other
-processes lands on all of them; the medians' ratios to float32 Adam on the plain path are
-what the report gives, since only ratios within one run mean anything on a shared machine.
-Writes ``quantized_step.md`` and ``quantized_step.json`` into ``--out`` (default: this folder;
-``--quick``, a smoke run at 2**12 elements, writes into a temporary folder and refuses this one).
+Contenders take turns (benchmarks/timing.interleaved), so a burst of load from other processes
+lands on all of them; only ratios within one run mean anything on a shared machine. Writes
+``quantized_step.md`` and ``quantized_step.json`` into ``--out`` (default: this folder; ``--quick``,
+a smoke run at 2**12 elements, writes into a temporary folder and refuses this one).
 """
 import argparse
 import datetime
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,21 +40,30 @@ from benchmarks.run import load, machine
 from benchmarks.timing import interleaved, median_ms, results_folder
 
 BASE = "adaptx adam float32, plain"
+TRAIN = "loss and gradient alone"
+BATCH = 8  # small, so that the optimizer's share is a large part of the step (a share is a difference)
+# glibc: one arena for every thread, no block mapped on its own, none handed back: a freed 64 MB
+# block is reused by the next step instead of mapped and zero-filled anew.
+KEEP_FREED = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295"
+WAYS = ("plain", "one-pass")
 
 
 def contenders():
+    """{row: (tx, way)} for the leaf with its gradient a jit argument."""
     q8, q4 = adaptx.Quantized(8), adaptx.Quantized(4)
     adam = {"float32": adaptx.adam(1e-3), "8-bit": adaptx.adam(1e-3, mu_dtype=q8, nu_dtype=q8),
             "4-bit": adaptx.adam(1e-3, mu_dtype=q4, nu_dtype=q4)}
-    rows = {"optax adam, plain": (optax.adam(1e-3), False)}
+    rows = {"optax adam, plain": (optax.adam(1e-3), "plain")}
     for name, tx in adam.items():
-        rows[f"adaptx adam {name}, plain"] = (tx, False)
-        rows[f"adaptx adam {name}, one-pass"] = (tx, True)
+        rows.update({f"adaptx adam {name}, {way}": (tx, way) for way in WAYS})
     return rows
 
 
 def donated(step, tx, params, data):
-    """A run of ``step(params, state, data) -> (params, state)``, jitted with params and state donated."""
+    """A run of ``step(params, state, data) -> (params, state)``, jitted with params and state donated.
+
+    (Donating the gradient too would not help: jax donates only a buffer some output can take.)
+    """
     jitted = jax.jit(step, donate_argnums=(0, 1))
     box = [params + 0, tx.init(params)]
 
@@ -64,9 +74,9 @@ def donated(step, tx, params, data):
     return run
 
 
-def runner(tx, one_pass, params, grads):
+def runner(tx, way, params, grads):
     def step(p, s, g):
-        if one_pass:
+        if way == "one-pass":
             return adaptx.update_and_apply(tx, g, s, p)
         u, s = tx.update(g, s, p)
         return optax.apply_updates(p, u), s
@@ -107,9 +117,6 @@ def train_runner(tx, weights, batch):
     return donated(step, tx, weights, batch)
 
 
-TRAIN = "loss and gradient alone"
-
-
 def train_contenders():
     q8, q4 = adaptx.Quantized(8), adaptx.Quantized(4)
     return {TRAIN: None, "optax adam": optax.adam(1e-3), "adaptx adam float32": adaptx.adam(1e-3),
@@ -117,7 +124,7 @@ def train_contenders():
             "adaptx adam 4-bit": adaptx.adam(1e-3, mu_dtype=q4, nu_dtype=q4)}
 
 
-def measure_train(n, reps, batch_size=64):
+def measure_train(n, reps, batch_size=BATCH):
     """{contender: step ms, optimizer share (step − loss and gradient), share over float32 Adam's}."""
     side = int(round(n ** 0.5))
     rng = np.random.default_rng(1)
@@ -131,46 +138,60 @@ def measure_train(n, reps, batch_size=64):
 
 
 def measure(n, reps):
-    """{contender: its median and ratios}, and the reference rows' medians, from one interleaved run."""
+    """{row: {"ms", "vs_float32_plain", "vs_float32_one_pass"}} for the leaf, the reference rows included."""
     rng = np.random.default_rng(0)
     params = jnp.asarray(rng.standard_normal(n, np.float32))
     grads = jnp.asarray(rng.standard_normal(n, np.float32))
-    rows = contenders()
-    runs = {name: runner(tx, fused, params, grads) for name, (tx, fused) in rows.items()}
+    runs = {name: runner(tx, way, params, grads) for name, (tx, way) in contenders().items()}
     runs.update({name: reference(in_place, params) for name, in_place in REFERENCES.items()})
     medians = {name: median_ms(t) for name, t in interleaved(runs, reps).items()}
-    result = {name: {"ms": medians[name], "vs_float32_plain": medians[name] / medians[BASE],
-                     "vs_float32_one_pass": medians[name] / medians["adaptx adam float32, one-pass"]}
-              for name in rows}
-    return result, {name: medians[name] for name in REFERENCES}
+    return {name: {"ms": ms, "vs_float32_plain": ms / medians[BASE],
+                   "vs_float32_one_pass": ms / medians["adaptx adam float32, one-pass"]}
+            for name, ms in medians.items()}
+
+
+def measure_keeping_freed(n, reps):
+    """:func:`measure` in a child process whose glibc keeps freed memory (``KEEP_FREED``)."""
+    env = {**os.environ, "GLIBC_TUNABLES": KEEP_FREED}
+    out = subprocess.run([sys.executable, "-m", "benchmarks.quantized_step", "--leaf-only",
+                          "--size-log2", str(n.bit_length() - 1), "--reps", str(reps)],
+                         cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
 
 
 def render(result, meta) -> str:
+    train, kept = meta["train"], meta["keeping_freed"]
+    side = int(round(meta["n"] ** 0.5))
     lines = [
         "# Quantized Adam step time (issue 12)", "",
         f"`{meta['command']}` on {meta['machine']}; {meta['versions']}; load {meta['load_start']} → "
         f"{meta['load_end']}; {meta['date']}.", "",
-        f"One float32 leaf of {meta['n']} elements, donated, jitted; median of {meta['reps']} interleaved steps.",
-        "Ratios are to adaptx float32 Adam on the plain path and on the one-pass path; the issue's target is"
-        " 8-bit ≤ 1.5× float32 on the plain path.", "",
-        "| step | ms | vs float32 plain | vs float32 one-pass |", "|---|---|---|---|",
+        "The issue's target: 8-bit Adam's step ≤ 1.5× float32 Adam's on the plain path, one leaf of"
+        f" {meta['n']} elements.", "",
+        f"## The plain path in a training step ({side}×{side} linear layer, batch {BATCH})", "",
+        "The gradient comes from backprop inside the jitted step (a dot, so a buffer of its own for every"
+        " optimizer; the quantized direction is written over it). The optimizer's share is the step less"
+        f" the loss and gradient alone, medians of {2 * meta['reps'] + 1} interleaved turns:", "",
+        "| step | ms | optimizer share, ms | share vs float32 Adam's |", "|---|---|---|---|",
     ]
-    for name, row in result.items():
-        lines.append(f"| {name} | {row['ms']:.1f} | {row['vs_float32_plain']:.2f}× | {row['vs_float32_one_pass']:.2f}× |")
-    lines += ["", "The cost of a fresh buffer per step (what the plain path's direction pays):", "",
-              "| reference | ms |", "|---|---|"]
-    lines += [f"| {name} | {ms:.1f} |" for name, ms in meta["references"].items()]
-    train = meta["train"]
-    side = int(round(meta["n"] ** 0.5))
-    lines += ["", f"In a training step (a {side}×{side} linear layer, batch 64, mean squared error; the"
-              " gradient comes from a dot, so it is a buffer for float32 Adam too, and the quantized"
-              " direction is written over it). The optimizer's share is the step less the loss and"
-              f" gradient alone, medians of {2 * meta['reps'] + 1} turns:", "",
-              "| step | ms | optimizer share, ms | share vs float32 Adam's |", "|---|---|---|---|"]
     for name, row in train.items():
         share = "—" if name == TRAIN else f"{row['share_ms']:.1f}"
         ratio = "—" if name == TRAIN else f"{row['share_vs_float32']:.2f}×"
         lines.append(f"| {name} | {row['ms']:.1f} | {share} | {ratio} |")
+    lines += [
+        "", "## The leaf alone, its gradient a jit argument", "",
+        f"Params and state donated; medians of {meta['reps']} interleaved steps. The last two columns rerun"
+        " the same rows in a child process whose glibc keeps freed memory"
+        f" (`GLIBC_TUNABLES={KEEP_FREED}`): XLA's CPU runtime allocates each step's buffers with malloc,"
+        " and glibc otherwise maps a 64 MB block fresh and zero-filled every time (the reference rows).", "",
+        "| step | ms | vs float32 plain | vs float32 one-pass | glibc keeping freed memory: ms | vs float32 plain |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in result.items():
+        other = kept[name]
+        ratios = ("", "") if name in REFERENCES else (f"{row['vs_float32_plain']:.2f}×", f"{row['vs_float32_one_pass']:.2f}×")
+        kept_ratio = "" if name in REFERENCES else f"{other['vs_float32_plain']:.2f}×"
+        lines.append(f"| {name} | {row['ms']:.1f} | {ratios[0]} | {ratios[1]} | {other['ms']:.1f} | {kept_ratio} |")
     return "\n".join(lines) + "\n"
 
 
@@ -180,17 +201,22 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--size-log2", type=int, default=None)
     ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--leaf-only", action="store_true", help=argparse.SUPPRESS)  # the child: JSON on stdout
     args = ap.parse_args(argv)
-    args.out = results_folder(args.out, args.quick, "quantized-step")
     n = 1 << (args.size_log2 or (12 if args.quick else 24))
     reps = args.reps or (3 if args.quick else 15)
+    if args.leaf_only:
+        print(json.dumps(measure(n, reps)))
+        return None
+    args.out = results_folder(args.out, args.quick, "quantized-step")
     meta = dict(date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                 command="python -m benchmarks.quantized_step " + " ".join(argv if argv is not None else sys.argv[1:]),
                 machine=machine(), load_start=load(), n=n, reps=reps,
                 versions=f"jax {jax.__version__}, optax {optax.__version__}"
                          f" (one-pass kernel {'built' if kernels.available() else 'unavailable'})")
-    result, meta["references"] = measure(n, reps)
     meta["train"] = measure_train(n, 2 * reps + 1)  # shares are differences: more turns
+    result = measure(n, reps)
+    meta["keeping_freed"] = measure_keeping_freed(n, reps)
     meta["load_end"] = load()
     text = render(result, meta)
     args.out.mkdir(parents=True, exist_ok=True)

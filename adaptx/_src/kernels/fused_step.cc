@@ -730,6 +730,9 @@ ADAPTX_AVX512 void Nearest512(const Ranks& k, const float* __restrict x, int64_t
   const __m512i first_exponent = _mm512_set1_epi32(k.first_exponent);
   const __m512i run_at[2] = {_mm512_load_si512(k.run_at), _mm512_load_si512(k.run_at + 16)};
   const __m512 split_at[2] = {_mm512_load_ps(k.split_at), _mm512_load_ps(k.split_at + 16)};
+  // Locals, not k's fields: the byte stores below may alias k, which would reload those every time.
+  const bool is_signed = k.is_signed;
+  const __m512i nan_rank = _mm512_set1_epi32(k.nan_rank);
   // Two vectors an iteration: their dependency chains overlap, and one branch serves both.
   auto approximate = [&](int64_t j, __mmask16 m, __m512& a, __m512& normal, __mmask16& nan, __mmask16& doubtful) ADAPTX_AVX512 {
     normal = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + j), inverse);
@@ -743,7 +746,7 @@ ADAPTX_AVX512 void Nearest512(const Ranks& k, const float* __restrict x, int64_t
     const __m512i cell = _mm512_cvttps_epi32(scaled);
     const __m512i c = _mm512_min_epi32(_mm512_max_epi32(cell, _mm512_setzero_si512()), _mm512_permutexvar_epi32(g, last));
     const __m512 fraction = _mm512_sub_ps(scaled, _mm512_cvtepi32_ps(cell));
-    doubtful = (_mm512_cmp_ps_mask(fraction, doubt, _CMP_LT_OQ) | _mm512_cmp_ps_mask(fraction, sure, _CMP_GT_OQ)) & m;
+    doubtful = _mm512_mask_cmp_ps_mask(m, fraction, doubt, _CMP_LT_OQ) | _mm512_mask_cmp_ps_mask(m, fraction, sure, _CMP_GT_OQ);
     return _mm512_add_epi32(_mm512_permutexvar_epi32(g, base), c);
   };
   auto correct = [&](__m512i r, __m512 a) ADAPTX_AVX512 {  // near a cell's edge: the midpoints around r decide
@@ -753,28 +756,30 @@ ADAPTX_AVX512 void Nearest512(const Ranks& k, const float* __restrict x, int64_t
     return _mm512_mask_sub_epi32(raised, down, raised, ones);
   };
   auto finish = [&](int64_t j, __mmask16 m, __m512i r, __m512 normal, __mmask16 nan) ADAPTX_AVX512 {
-    r = _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(k.nan_rank));
+    r = _mm512_mask_mov_epi32(r, nan, nan_rank);
     __m512i out = _mm512_add_epi32(zero, r);
-    if (k.is_signed) {
+    if (is_signed) {
       const __mmask16 negative = _mm512_cmp_ps_mask(normal, _mm512_setzero_ps(), _CMP_LT_OQ);
       out = _mm512_mask_mov_epi32(out, negative, _mm512_max_epi32(_mm512_sub_epi32(zero, r), _mm512_setzero_si512()));
     }
     if constexpr (kBits == 8) _mm512_mask_cvtepi32_storeu_epi8(codes + j, m, out);
     else _mm512_mask_storeu_epi32(index + j, m, out);
   };
-  for (int64_t j = 0; j < count; j += 32) {
-    const __mmask16 m0 = Lanes(count - j), m1 = j + 16 < count ? Lanes(count - j - 16) : 0;
+  auto pair = [&](int64_t j, __mmask16 m0, __mmask16 m1) ADAPTX_AVX512 {
     __m512 a0, a1, n0, n1;
     __mmask16 nan0, nan1, doubt0, doubt1;
     __m512i r0 = approximate(j, m0, a0, n0, nan0, doubt0);
     __m512i r1 = approximate(j + 16, m1, a1, n1, nan1, doubt1);
-    if (doubt0 | doubt1) {
+    if (!_kortestz_mask16_u8(doubt0, doubt1)) {
       r0 = correct(r0, a0);
       r1 = correct(r1, a1);
     }
     finish(j, m0, r0, n0, nan0);
     if (m1) finish(j + 16, m1, r1, n1, nan1);
-  }
+  };
+  int64_t j = 0;
+  for (; j + 32 <= count; j += 32) pair(j, 0xFFFF, 0xFFFF);  // whole vectors: constant masks fold away
+  if (j < count) pair(j, Lanes(count - j), j + 16 < count ? Lanes(count - j - 16) : 0);
 }
 
 // After Nearest512: the padding elements' code (the index of 0), and 4-bit indices packed.
