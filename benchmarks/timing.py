@@ -12,15 +12,19 @@ def interleaved(runs: Dict[str, Callable[[], None]], reps: int) -> Dict[str, Lis
     """Seconds per call of each run, calling them in turn ``reps`` times after one warm-up each.
 
     Taking turns means a burst of load from other processes lands on every
-    contender, not on whichever happened to be running then.
+    contender, not on whichever happened to be running then; each turn starts
+    one contender later than the last, so that none always runs right after
+    the same neighbour (the first after a big allocation runs measurably faster).
+    ``times[name][k]`` is from turn k for every name.
     """
     for run in runs.values():
         run()
-    times = {name: [] for name in runs}
-    for _ in range(reps):
-        for name, run in runs.items():
+    names = list(runs)
+    times = {name: [] for name in names}
+    for turn in range(reps):
+        for name in names[turn % len(names):] + names[:turn % len(names)]:
             start = time.perf_counter()
-            run()
+            runs[name]()
             times[name].append(time.perf_counter() - start)
     return times
 
