@@ -299,7 +299,11 @@ def quantize(x, bits: int, block_size: int, signed: bool, grid: tuple = ()) -> Q
     pad = -flat.shape[-1] % block_size
     padded = jnp.pad(flat, [(0, 0)] * (flat.ndim - 1) + [(0, pad)])
     blocks = _reshape(padded, (*grid, padded.shape[-1] // block_size, block_size), (*_spec(padded, len(grid)), None, None)[:len(grid) + 2])
-    scales = jnp.max(jnp.abs(blocks), axis=-1)
+    # The absmax as the largest magnitude's bits: for non-negative floats the integer order is the
+    # float order and a NaN's bits lie above all others', so a NaN makes its block's absmax NaN (a
+    # float max on XLA's CPU may skip it), as in the native kernel.
+    magnitudes = lax.bitcast_convert_type(blocks, jnp.uint32) & jnp.uint32(0x7FFFFFFF)
+    scales = lax.bitcast_convert_type(jnp.max(magnitudes, axis=-1), jnp.float32)
     normal = blocks * (1 / jnp.where(scales > 0, scales, 1))[..., None]
     index = _nearest(normal, bits, signed)
     if bits == 4:
