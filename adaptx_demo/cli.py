@@ -6,7 +6,8 @@ import time
 def main(argv=None, prog: str = "python -m adaptx demo") -> int:
     parser = argparse.ArgumentParser(
         prog=prog, description="Adagrad vs RMSProp, the RMSprop table, every optimizer's path on two 2-D problems,"
-        " and an MLP on scikit-learn's digits with effective learning rates and a learning-rate sweep;"
+        " an MLP on scikit-learn's digits with effective learning rates and a learning-rate sweep, and"
+        " 8-bit and 4-bit Adam and Adafactor on a character-level language model and the digits;"
         " PNG figures and summary.md go into --out.",
     )
     parser.add_argument("--out", default="adaptx-demo", help="output folder (default: %(default)s)")

@@ -12,7 +12,7 @@ from adaptx_demo import _requires
 
 _requires.check()  # before anything runs; the sections import matplotlib only when they first plot
 
-from adaptx_demo import adagrad_vs_rmsprop, digits_report, markdown, optimizer_paths, rmsprop_table  # noqa: E402
+from adaptx_demo import adagrad_vs_rmsprop, digits_report, markdown, memory_state, optimizer_paths, rmsprop_table  # noqa: E402
 from adaptx_demo.progress import Progress  # noqa: E402
 
 
@@ -29,6 +29,7 @@ SECTIONS = [
     Section(rmsprop_table.section, rmsprop_table.WORK),
     Section(optimizer_paths.section, optimizer_paths.WORK, start=optimizer_paths.start),
     Section(digits_report.section, digits_report.WORK, start=digits_report.start),
+    Section(memory_state.section, memory_state.WORK, start=memory_state.start),
 ]
 
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.xdist_group("demo")
 FIGURES = [
     "adagrad_vs_rmsprop.png", "paths_quadratic.png", "paths_rosenbrock.png", "losses.png",
-    "digits_curves.png", "digits_effective_lr.png", "digits_lr_sweep.png",
+    "digits_curves.png", "digits_effective_lr.png", "digits_lr_sweep.png", "memory_curves.png",
 ]
 
 # Seed 003's printout: x, y after each step and the loss before it.
@@ -62,7 +62,7 @@ def test_summary_embeds_the_figures_and_every_section(demo):
     summary = (out / "summary.md").read_text()
     embedded = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", summary)
     assert sorted(embedded) == sorted(FIGURES)
-    assert len(re.findall(r"^## ", summary, re.M)) == 4
+    assert len(re.findall(r"^## ", summary, re.M)) == 5
     for optimizer in ["sgd", "sgd+momentum", "adagrad", "rmsprop", "adam", "adamw", "adadelta", "adamax", "nadam"]:
         assert re.search(rf"^\| {re.escape(optimizer)} \|", summary, re.M), optimizer
 
@@ -138,7 +138,8 @@ def test_digits_section_reports_every_optimizer_learning(demo):
 
     out, _ = demo
     summary = (out / "summary.md").read_text()
-    rows = [line for line in summary.splitlines() if line.startswith("| ") and "%" in line]
+    section = summary.split("## Real data: handwritten digits")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "%" in line]
     assert [row.split(" | ")[0][2:] for row in rows] == list(digits_report.optimizers(quick=True))
     # Every optimizer learns the digits far beyond chance (10 %) at its best learning rate.
     assert all(float(row.split(" | ")[4].rstrip("%")) > 80 for row in rows)
@@ -147,13 +148,33 @@ def test_digits_section_reports_every_optimizer_learning(demo):
 def test_quick_summary_times_every_labelled_phase(demo):
     out, _ = demo
     summary = (out / "summary.md").read_text()
-    phases = re.findall(r"^\| ((?:Adagrad|RMSprop|paths|digits)[^|]*?) \| ([\d.]+) \|$", summary, re.M)
+    phases = re.findall(r"^\| ((?:Adagrad|RMSprop|paths|digits|memory)[^|]*?) \| ([\d.]+) \|$", summary, re.M)
     labels = [label for label, _ in phases]
     # Every figure has its own phase, and so has each section's computation.
     for name in FIGURES:
         assert any(name in label for label in labels), name
     assert any(label.startswith("digits: load data, compile and train") for label in labels)
     assert any(label.startswith("paths: compile and run") for label in labels)
+    assert any(label.startswith("memory: train") for label in labels)
+
+
+def test_memory_section_reports_state_bytes_and_quality(demo):
+    """8-bit and 4-bit Adam keep about 2 and 1 bytes per parameter where float32 Adam keeps 8, and learn."""
+    from adaptx_demo import memory_state
+
+    out, _ = demo
+    section = (out / "summary.md").read_text().split("## Memory-efficient state")[1].split("\n## ")[0]
+    for task in memory_state.TASKS:
+        table = section.split(f"**{task}**")[1].split("![")[0]
+        rows = {cells[0]: cells[1:] for cells in
+                ([c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("| "))}
+        assert list(rows)[2:] == list(memory_state.optimizers())  # after the header and its rule
+        bytes_per_parameter = {name: float(rows[name][0]) for name in memory_state.optimizers()}
+        assert bytes_per_parameter["Adam float32"] >= 8
+        assert 2 <= bytes_per_parameter["Adam 8-bit"] < 2.5 and 1 <= bytes_per_parameter["Adam 4-bit"] < 1.5
+        assert bytes_per_parameter["Adafactor η = 0.1"] < 0.2
+        # 40 steps: everyone has left the initial loss far behind (cross-entropy over ≥ 10 classes ≥ 2.3 at the start)
+        assert all(float(rows[name][1]) < 2.0 for name in ("Adam float32", "Adam 8-bit", "Adam 4-bit"))
 
 
 def test_quick_summary_lists_the_runs_that_did_not_learn(demo):
