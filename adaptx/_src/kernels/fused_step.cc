@@ -543,13 +543,13 @@ bool BuildRanksUncached(const Code& code, const float* midpoints, int64_t n_magn
   }
   for (int i = 0; i < 256; ++i) {
     k->values[i] = i < (1 << code.bits) ? code.values[i] : 0.0f;
-  for (int i = 0; i < 256; ++i) {
+    k->above[i] = i < n_magnitudes ? midpoints[i] : INFINITY;
+    k->below[i] = i == 0 ? -INFINITY : i - 1 < n_magnitudes ? midpoints[i - 1] : INFINITY;
+  }
+  for (int i = 0; i < 256; ++i) {  // the values' bytes, for Values64
     uint32_t bits;
     std::memcpy(&bits, &k->values[i], 4);
     for (int p = 0; p < 4; ++p) k->planes[p][i] = static_cast<uint8_t>(bits >> (8 * p));
-  }
-    k->above[i] = i < n_magnitudes ? midpoints[i] : INFINITY;
-    k->below[i] = i == 0 ? -INFINITY : i - 1 < n_magnitudes ? midpoints[i - 1] : INFINITY;
   }
   k->zero = code.zero;
   k->nan_rank = code.start.back();  // + (NaN > cut): false
