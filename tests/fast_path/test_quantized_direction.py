@@ -260,6 +260,33 @@ def test_native_checks_refuse_a_moment_that_does_not_hold_the_leaf():
         jax.block_until_ready(kernels.quantized_adam_direction(HYPER, grads, mu, bad_scales))
 
 
+def test_native_checks_refuse_bad_code_tables_after_good_ones(monkeypatch):
+    """The kernel reuses the checks of tables equal, byte for byte, to ones that passed: tables that
+    differ in one entry, given after the good ones, are checked afresh and refused."""
+    n = 5000
+    grads = jnp.ones(n)
+    mu, nu = qz.constant((n,), 0.0, 8, 256, True), qz.constant((n,), 0.0, 8, 256, False)
+    for _ in range(2):  # the second call finds the first's tables checked
+        jax.block_until_ready(kernels.quantized_adam_direction(HYPER, grads, mu, nu))
+    good = qz.tables
+
+    def corrupted(entry, value, message):
+        def tables(bits, signed):
+            parts = list(good(bits, signed))
+            parts[entry] = parts[entry].copy()
+            parts[entry][len(parts[entry]) // 2] = value
+            return tuple(parts)
+
+        monkeypatch.setattr(qz, "tables", tables)
+        with pytest.raises(Exception, match=message):
+            jax.block_until_ready(kernels.quantized_adam_direction(HYPER, grads, mu, nu))
+        monkeypatch.setattr(qz, "tables", good)
+
+    corrupted(0, 200, "a key table entry is out of range")  # start: past the last magnitude
+    corrupted(3, 3, "not a sorted code's")  # positive: an index off its rank
+    jax.block_until_ready(kernels.quantized_adam_direction(HYPER, grads, mu, nu))  # the good tables still run
+
+
 def test_the_native_step_differentiates_as_the_jnp_step(jnp_path):
     """Hypergradients through quantized Adam: the kernel has no derivative of its own, so the
     native step's is the jnp step's (and its value the kernel's). One step from a common state,

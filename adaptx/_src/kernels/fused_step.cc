@@ -273,11 +273,17 @@ ffi::Error FusedStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Rem
 // One moment's format and tables, as quantize.tables builds them (widened to int32 once per
 // call, so that the loops below can use vector gathers). The key tables are small (a cell is
 // 2⁻⁷ of a binade: about 3000 cells, 24 kB), so their lookups hit L1.
+// What the loops read of a format's key tables, built once per distinct set of tables (CheckCode).
+struct KeyTables {
+  std::vector<uint8_t> given;     // the five tables' bytes and the format's attributes, as checked
+  std::vector<int32_t> start;     // per float32 key cell: magnitude midpoints below the cell
+  std::vector<float> cut;         // per key cell: midpoints[start], the one midpoint it may hold
+};
+
 struct Code {
   int32_t bits;
   const float* values;            // 2^bits code values, sorted
-  std::vector<int32_t> start;     // per float32 key cell: magnitude midpoints below the cell
-  std::vector<float> cut;         // per key cell: midpoints[start], the one midpoint it may hold
+  std::shared_ptr<const KeyTables> keys;
   uint32_t first; float floor;
   bool is_signed;
   // The sorted code puts magnitude rank r at zero + r (x >= 0) and zero − r, or 0 for the
@@ -342,12 +348,12 @@ inline void Requantize(const Code& code, const float* __restrict x, int64_t coun
   float absmax;
   std::memcpy(&absmax, &largest, 4);
   const float inverse = 1.0f / (absmax > 0.0f ? absmax : 1.0f);
-  const int32_t* __restrict start = code.start.data();
-  const float* __restrict cut = code.cut.data();
+  const int32_t* __restrict start = code.keys->start.data();
+  const float* __restrict cut = code.keys->cut.data();
   const int32_t zero = code.zero;
   const bool is_signed = code.is_signed;
   const float floor = code.floor;
-  const int32_t first = static_cast<int32_t>(code.first), last = static_cast<int32_t>(code.start.size() - 1);
+  const int32_t first = static_cast<int32_t>(code.first), last = static_cast<int32_t>(code.keys->start.size() - 1);
   for (int64_t j = 0; j < count; ++j) {
     const float normal = x[j] * inverse;
     const float a = std::min(std::max(std::fabs(normal), floor), 1.0f);
@@ -552,7 +558,7 @@ bool BuildRanksUncached(const Code& code, const float* midpoints, int64_t n_magn
     for (int p = 0; p < 4; ++p) k->planes[p][i] = static_cast<uint8_t>(bits >> (8 * p));
   }
   k->zero = code.zero;
-  k->nan_rank = code.start.back();  // + (NaN > cut): false
+  k->nan_rank = code.keys->start.back();  // + (NaN > cut): false
   k->floor = code.floor;
   k->is_signed = code.is_signed;
   // The proof. r is monotone in a: thresholds ascend and runs meet rank to rank.
@@ -612,21 +618,28 @@ void BuildRanks(const Code& code, const float* midpoints, int64_t n_magnitudes, 
   struct Entry { std::vector<float> values, midpoints; float floor; int32_t start_back; Ranks ranks; bool usable; };
   static std::mutex lock;
   static std::vector<Entry> cache;
-  const int64_t n_values = int64_t{1} << code.bits;
+  const size_t n_values = size_t{1} << code.bits;
+  auto equal = [](const std::vector<float>& kept, const float* given, size_t n) {
+    return kept.size() == n && std::memcmp(kept.data(), given, n * sizeof(float)) == 0;
+  };
+  {
+    std::lock_guard<std::mutex> guard(lock);
+    for (const Entry& e : cache)
+      if (equal(e.values, code.values, n_values) && equal(e.midpoints, midpoints, n_magnitudes) &&
+          e.floor == code.floor && e.start_back == code.keys->start.back() && e.ranks.zero == code.zero &&
+          e.ranks.is_signed == code.is_signed) {
+        *k = e.ranks;
+        k->usable = e.usable;
+        return;
+      }
+  }
   std::vector<float> values(code.values, code.values + n_values), mids(midpoints, midpoints + n_magnitudes);
-  std::lock_guard<std::mutex> guard(lock);
-  for (const Entry& e : cache)
-    if (e.values == values && e.midpoints == mids && e.floor == code.floor && e.start_back == code.start.back() &&
-        e.ranks.zero == code.zero && e.ranks.is_signed == code.is_signed) {
-      *k = e.ranks;
-      k->usable = e.usable;
-      return;
-    }
   const bool usable = BuildRanksUncached(code, midpoints, n_magnitudes, k);
   k->usable = usable;
   k->zero = code.zero;
   k->is_signed = code.is_signed;
-  if (cache.size() < 64) cache.push_back({values, mids, code.floor, code.start.back(), *k, usable});
+  std::lock_guard<std::mutex> guard(lock);
+  if (cache.size() < 64) cache.push_back({values, mids, code.floor, code.keys->start.back(), *k, usable});
 }
 
 // table[index] for 16 indices in [0, 256): eight two-register permutes, then three blends.
@@ -950,6 +963,38 @@ ffi::Error CheckCode(ffi::RemainingArgs& args, size_t first, int32_t bits, bool 
   if (!(floor > 0.0f) || key_first != (floor_bits >> kKeyShift) ||
       static_cast<int64_t>(start.element_count()) != (one_bits >> kKeyShift) - key_first + 1)
     return ffi::Error::InvalidArgument("adaptx: the code's key table does not cover [floor, 1]");
+  const int32_t zero = is_signed ? (1 << (bits - 1)) - 1 : 0;
+  code->bits = bits;
+  code->values = static_cast<const float*>(values.untyped_data());
+  code->first = static_cast<uint32_t>(key_first);
+  code->floor = floor;
+  code->is_signed = is_signed;
+  code->zero = zero;
+  // The checks below read every table entry, and a step is often a call per leaf with the same few
+  // formats: tables equal, byte for byte, to ones that passed (with the same attributes) reuse them.
+  const uint8_t header[] = {static_cast<uint8_t>(bits), static_cast<uint8_t>(is_signed)};
+  const std::pair<const void*, size_t> given[] = {
+      {header, sizeof(header)}, {&key_first, sizeof(key_first)}, {&floor, sizeof(floor)},
+      {start.untyped_data(), start.size_bytes()}, {midpoints.untyped_data(), midpoints.size_bytes()},
+      {positive.untyped_data(), positive.size_bytes()}, {negative.untyped_data(), negative.size_bytes()}};
+  static std::mutex lock;
+  static std::vector<std::shared_ptr<const KeyTables>> checked;
+  auto same = [&](const KeyTables& k) {
+    size_t at = 0;
+    for (auto [data, bytes] : given) {
+      if (at + bytes > k.given.size() || std::memcmp(k.given.data() + at, data, bytes) != 0) return false;
+      at += bytes;
+    }
+    return at == k.given.size();
+  };
+  {
+    std::lock_guard<std::mutex> guard(lock);
+    for (const auto& k : checked)
+      if (same(*k)) {
+        code->keys = k;
+        return ffi::Error::Success();
+      }
+  }
   const uint8_t* s = static_cast<const uint8_t*>(start.untyped_data());
   // j = start + (a > midpoints[start]) < n_magnitudes: every start is in range, and the last
   // midpoint is +inf, so no magnitude steps past it.
@@ -963,21 +1008,20 @@ ffi::Error CheckCode(ffi::RemainingArgs& args, size_t first, int32_t bits, bool 
     if (pos[i] >= n_codes || neg[i] >= n_codes || (!is_signed && pos[i] != neg[i]))
       return ffi::Error::InvalidArgument("adaptx: a code index is out of range (or signed in an unsigned code)");
   // the rank → index maps of quantize.tables, as the loop computes them
-  const int32_t zero = is_signed ? (1 << (bits - 1)) - 1 : 0;
   for (size_t i = 0; i < n_magnitudes; ++i) {
     const int32_t r = static_cast<int32_t>(i);
     if (pos[i] != zero + r || (is_signed && neg[i] != std::max(zero - r, 0)))
       return ffi::Error::InvalidArgument("adaptx: the code's index tables are not a sorted code's");
   }
-  code->bits = bits;
-  code->values = static_cast<const float*>(values.untyped_data());
-  code->start.assign(s, s + start.element_count());
-  code->cut.resize(start.element_count());
-  for (size_t i = 0; i < start.element_count(); ++i) code->cut[i] = mids[s[i]];
-  code->first = static_cast<uint32_t>(key_first);
-  code->floor = floor;
-  code->is_signed = is_signed;
-  code->zero = zero;
+  auto keys = std::make_shared<KeyTables>();
+  for (auto [data, bytes] : given)
+    keys->given.insert(keys->given.end(), static_cast<const uint8_t*>(data), static_cast<const uint8_t*>(data) + bytes);
+  keys->start.assign(s, s + start.element_count());
+  keys->cut.resize(start.element_count());
+  for (size_t i = 0; i < start.element_count(); ++i) keys->cut[i] = mids[s[i]];
+  code->keys = keys;
+  std::lock_guard<std::mutex> guard(lock);
+  if (checked.size() < 64) checked.push_back(keys);  // a few formats in practice; a bound all the same
   return ffi::Error::Success();
 }
 
