@@ -9,6 +9,7 @@ writing the direction over the gradient), then XLA scales the direction and adds
 
 First, a training step as users run it: a 4096×4096 linear layer whose gradient comes from
 backprop inside the jitted step (batch 8); the optimizer's share is the step less the loss and gradient alone.
+Then the same with 48 layers of 256×256, where each quantized leaf's kernel call has fixed costs.
 
 Then the leaf alone, the gradient a jit argument, two ways: plain, and one-pass
 (``adaptx.update_and_apply``: the param in place). An argument cannot be written over, so there the
@@ -42,6 +43,7 @@ from benchmarks.timing import interleaved, median_ms, results_folder
 BASE = "adaptx adam float32, plain"
 TRAIN = "loss and gradient alone"
 BATCH = 8  # small, so that the optimizer's share is a large part of the step (a share is a difference)
+MANY_LEAVES = (48, 256 * 256)  # layers, parameters each: the many-leaves training step (full size)
 # glibc: one arena for every thread, no block mapped on its own, none handed back: a freed 64 MB
 # block is reused by the next step instead of mapped and zero-filled anew.
 KEEP_FREED = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295"
@@ -65,7 +67,7 @@ def donated(step, tx, params, data):
     (Donating the gradient too would not help: jax donates only a buffer some output can take.)
     """
     jitted = jax.jit(step, donate_argnums=(0, 1))
-    box = [params + 0, tx.init(params)]
+    box = [jax.tree.map(lambda x: x + 0, params), tx.init(params)]
 
     def run():
         box[0], box[1] = jitted(box[0], box[1], data)
@@ -101,10 +103,11 @@ def reference(in_place, x):
 
 
 def train_runner(tx, weights, batch):
-    """A flax-style training step of a linear layer: the gradient from backprop (a dot, materialized),
-    then ``tx.update`` and ``optax.apply_updates``; ``tx=None`` times the loss-and-gradient alone."""
-    def loss(w, xy):
-        return jnp.mean(jnp.square(xy[0] @ w - xy[1]))
+    """A flax-style training step of linear layers side by side (``weights``: a list of square
+    matrices, all fed ``batch``): the gradient from backprop (a dot per layer, materialized), then
+    ``tx.update`` and ``optax.apply_updates``; ``tx=None`` times the loss-and-gradient alone."""
+    def loss(ws, xy):
+        return sum(jnp.mean(jnp.square(xy[0] @ w - xy[1])) for w in ws)
 
     if tx is None:
         jitted = jax.jit(jax.grad(loss))
@@ -124,15 +127,16 @@ def train_contenders():
             "adaptx adam 4-bit": adaptx.adam(1e-3, mu_dtype=q4, nu_dtype=q4)}
 
 
-def measure_train(n, reps, batch_size=BATCH):
-    """{contender: step ms, optimizer share, share over float32 Adam's}.
+def measure_train(n, reps, layers=1, batch_size=BATCH):
+    """{contender: step ms, optimizer share, share over float32 Adam's}, for ``layers`` square layers
+    of ``n`` parameters each.
 
     A share is the median over turns of (the step − the loss and gradient alone, in the same turn):
     pairing the two within a turn cancels load that drifts from turn to turn.
     """
     side = int(round(n ** 0.5))
     rng = np.random.default_rng(1)
-    weights = jnp.asarray(rng.standard_normal((side, side)) * 0.01, jnp.float32)
+    weights = [jnp.asarray(rng.standard_normal((side, side)) * 0.01, jnp.float32) for _ in range(layers)]
     batch = tuple(jnp.asarray(rng.standard_normal((batch_size, side)), jnp.float32) for _ in range(2))
     runs = {name: train_runner(tx, weights, batch) for name, tx in train_contenders().items()}
     times = interleaved(runs, reps)
@@ -165,7 +169,7 @@ def measure_keeping_freed(n, reps):
 
 
 def render(result, meta) -> str:
-    train, kept = meta["train"], meta["keeping_freed"]
+    train, kept, many = meta["train"], meta["keeping_freed"], meta["many_leaves"]
     side = int(round(meta["n"] ** 0.5))
     lines = [
         "# Quantized Adam step time (issue 12)", "",
@@ -179,10 +183,18 @@ def render(result, meta) -> str:
         f" the loss and gradient alone in the same turn, the median over {4 * meta['reps'] + 1} interleaved turns:", "",
         "| step | ms | optimizer share, ms | share vs float32 Adam's |", "|---|---|---|---|",
     ]
-    for name, row in train.items():
-        share = "—" if name == TRAIN else f"{row['share_ms']:.1f}"
-        ratio = "—" if name == TRAIN else f"{row['share_vs_float32']:.2f}×"
-        lines.append(f"| {name} | {row['ms']:.1f} | {share} | {ratio} |")
+    def shares(rows):
+        for name, row in rows.items():
+            share = "—" if name == TRAIN else f"{row['share_ms']:.1f}"
+            ratio = "—" if name == TRAIN else f"{row['share_vs_float32']:.2f}×"
+            lines.append(f"| {name} | {row['ms']:.1f} | {share} | {ratio} |")
+
+    shares(train)
+    layers, each = meta["many"]
+    lines += ["", f"The same with {layers} layers of {int(each ** 0.5)}×{int(each ** 0.5)} (a kernel call per"
+              " quantized leaf, each with its fixed costs):", "",
+              "| step | ms | optimizer share, ms | share vs float32 Adam's |", "|---|---|---|---|"]
+    shares(many)
     lines += [
         "", "## The leaf alone, its gradient a jit argument", "",
         f"Params and state donated; medians of {meta['reps']} interleaved steps. The last two columns rerun"
@@ -220,6 +232,8 @@ def main(argv=None):
                 versions=f"jax {jax.__version__}, optax {optax.__version__}"
                          f" (one-pass kernel {'built' if kernels.available() else 'unavailable'})")
     meta["train"] = measure_train(n, 4 * reps + 1)  # shares are differences: more turns
+    meta["many"] = MANY_LEAVES if not args.quick else (4, 4096)  # (a quantized leaf: ≥ 4096 elements)
+    meta["many_leaves"] = measure_train(meta["many"][1], 4 * reps + 1, meta["many"][0])
     result = measure(n, reps)
     meta["keeping_freed"] = measure_keeping_freed(n, reps)
     meta["load_end"] = load()
