@@ -8,14 +8,16 @@ Issue 12's size, a float32 leaf of 2**24 elements, stepped on the plain path (``
 writing the direction over the gradient), then XLA scales the direction and adds it to the param.
 
 First, a training step as users run it: a 4096×4096 linear layer whose gradient comes from
-backprop inside the jitted step (batch 8); the optimizer's share is the step less the loss and gradient alone.
-Then the same with 48 layers of 256×256, where each quantized leaf's kernel call has fixed costs.
+backprop inside the jitted step (batch 8); the optimizer's share is the step less the loss and
+gradient alone. Then the same with 48 layers of 256×256, where each quantized leaf's kernel call
+has fixed costs.
 
 Then the leaf alone, the gradient a jit argument, two ways: plain, and one-pass
 (``adaptx.update_and_apply``: the param in place). An argument cannot be written over, so there the
 direction needs a 64 MB buffer of its own, which XLA's CPU runtime allocates with malloc every
-step; glibc maps blocks that large fresh and zero-filled each time. Two reference rows time that buffer alone, and the same rows are
-timed again in a child process whose glibc keeps freed memory (``GLIBC_TUNABLES`` below).
+step; glibc maps blocks that large fresh and zero-filled each time. Two reference rows time that
+buffer alone, and the same rows are timed again in a child process whose glibc keeps freed memory
+(``KEEP_FREED`` below).
 
 Contenders take turns (benchmarks/timing.interleaved), so a burst of load from other processes
 lands on all of them; only ratios within one run mean anything on a shared machine. Writes
@@ -181,9 +183,10 @@ def render(result, meta) -> str:
         "The gradient comes from backprop inside the jitted step (a dot, so a buffer of its own for every"
         " optimizer; the quantized direction is written over it). The optimizer's share is the step less"
         f" the loss and gradient alone in the same turn, the median over {4 * meta['reps'] + 1} interleaved turns:", "",
-        "| step | ms | optimizer share, ms | share vs float32 Adam's |", "|---|---|---|---|",
     ]
+
     def shares(rows):
+        lines.extend(["| step | ms | optimizer share, ms | share vs float32 Adam's |", "|---|---|---|---|"])
         for name, row in rows.items():
             share = "—" if name == TRAIN else f"{row['share_ms']:.1f}"
             ratio = "—" if name == TRAIN else f"{row['share_vs_float32']:.2f}×"
@@ -192,8 +195,7 @@ def render(result, meta) -> str:
     shares(train)
     layers, each = meta["many"]
     lines += ["", f"The same with {layers} layers of {int(each ** 0.5)}×{int(each ** 0.5)} (a kernel call per"
-              " quantized leaf, each with its fixed costs):", "",
-              "| step | ms | optimizer share, ms | share vs float32 Adam's |", "|---|---|---|---|"]
+              " quantized leaf, each with its fixed costs):", ""]
     shares(many)
     lines += [
         "", "## The leaf alone, its gradient a jit argument", "",
